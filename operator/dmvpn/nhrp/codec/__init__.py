@@ -1,0 +1,96 @@
+"""Pure NHRP wire codec: RFC 2332 packets 1-7, DMVPN Traffic Indication (8), Cisco extensions.
+
+``encode(packet) -> bytes`` and ``decode(bytes) -> packet``; decoding untrusted bytes raises only
+:class:`NHRPDecodeError`. No I/O, no clocks.
+"""
+
+from dmvpn.nhrp.codec.checksum import internet_checksum
+from dmvpn.nhrp.codec.constants import (
+    AFN_IPV4,
+    AFN_IPV6,
+    AUTH_MAX_SECRET_LEN,
+    AUTH_TYPE_CLEARTEXT,
+    DEFAULT_HOP_COUNT,
+    ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
+    ETHERTYPE_NHRP,
+    MAX_CIES,
+    MAX_EXTENSIONS,
+    REPLY_TYPES,
+    REQUEST_TYPES,
+    CIECode,
+    ErrorCode,
+    ExtensionType,
+    PacketType,
+    PurgeFlag,
+    RegistrationFlag,
+    ResolutionFlag,
+)
+from dmvpn.nhrp.codec.decode import decode
+from dmvpn.nhrp.codec.encode import encode
+from dmvpn.nhrp.codec.errors import NHRPDecodeError
+from dmvpn.nhrp.codec.iphdr import indication_excerpt, ip_addresses
+from dmvpn.nhrp.codec.model import (
+    CIE,
+    Address,
+    Authentication,
+    CIEListExtension,
+    ErrorIndication,
+    Extension,
+    ForwardTransitNHS,
+    Message,
+    NATAddress,
+    Packet,
+    ResponderAddress,
+    ReverseTransitNHS,
+    TrafficIndication,
+    UnknownExtension,
+    VendorPrivate,
+    find_extension,
+    without_extension,
+)
+
+__all__ = [
+    "AFN_IPV4",
+    "AFN_IPV6",
+    "AUTH_MAX_SECRET_LEN",
+    "AUTH_TYPE_CLEARTEXT",
+    "CIE",
+    "DEFAULT_HOP_COUNT",
+    "ETHERTYPE_IPV4",
+    "ETHERTYPE_IPV6",
+    "ETHERTYPE_NHRP",
+    "MAX_CIES",
+    "MAX_EXTENSIONS",
+    "REPLY_TYPES",
+    "REQUEST_TYPES",
+    "Address",
+    "Authentication",
+    "CIECode",
+    "CIEListExtension",
+    "ErrorCode",
+    "ErrorIndication",
+    "Extension",
+    "ExtensionType",
+    "ForwardTransitNHS",
+    "Message",
+    "NATAddress",
+    "NHRPDecodeError",
+    "Packet",
+    "PacketType",
+    "PurgeFlag",
+    "RegistrationFlag",
+    "ResolutionFlag",
+    "ResponderAddress",
+    "ReverseTransitNHS",
+    "TrafficIndication",
+    "UnknownExtension",
+    "VendorPrivate",
+    "decode",
+    "encode",
+    "find_extension",
+    "indication_excerpt",
+    "internet_checksum",
+    "ip_addresses",
+    "without_extension",
+]
