@@ -127,10 +127,23 @@ def _unknown_field_message(parent: Any, field: str) -> str:
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         return "unknown field"
     allowed = sorted(f.alias or name for name, f in model.model_fields.items())
-    close = difflib.get_close_matches(field, allowed, n=1, cutoff=0.6)
-    if close:
-        return f"unknown field; did you mean {close[0]!r}?"
+    guess = closest_name(field, allowed)
+    if guess:
+        return f"unknown field; did you mean {guess!r}?"
     return f"unknown field; allowed here: {', '.join(allowed)}"
+
+
+def _transpositions(word: str) -> set[str]:
+    return {word[:i] + word[i + 1] + word[i] + word[i + 2 :] for i in range(len(word) - 1)}
+
+
+def closest_name(typed: str, allowed: Sequence[str]) -> str | None:
+    """The allowed name a typo most likely meant: wrong case, two swapped letters, else the most similar."""
+    for name in allowed:
+        if name.lower() == typed.lower() or name in _transpositions(typed):
+            return name
+    close = difflib.get_close_matches(typed, allowed, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def _message(error: ErrorDetails) -> str:

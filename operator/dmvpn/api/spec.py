@@ -52,7 +52,6 @@ def cel_rules(*rules: tuple[str, str]) -> dict[str, Any]:
 
 _ENDPOINT_RULES = (
     ("has(self.nodeName) != has(self.nodeSelector)", "set exactly one of nodeName and nodeSelector"),
-    ("!has(self.nbma) || !has(self.nbma.address) || has(self.nodeName)", "nbma.address needs nodeName"),
 )
 
 
@@ -128,7 +127,8 @@ class NbmaSpec(SpecModel):
     """The underlay (NBMA) address GRE packets are sent from: 'tunnel source'."""
 
     address: UnicastIPv4 | None = None
-    """Explicit NBMA address. Only with nodeName (a selector matches many nodes). Default: from the Node."""
+    """Explicit NBMA address (spokes: only with nodeName, a selector matches many nodes). Default: taken
+    from the Node."""
     from_node: Literal["InternalIP", "ExternalIP"] = "InternalIP"
     """Which of the Node's status.addresses to use when address is not given."""
 
@@ -334,10 +334,6 @@ class EndpointSpec(SpecModel):
         """The tunnel subnet if this spec states it (hubs always, spokes with an explicit address)."""
         return None
 
-    def explicit_tunnel_address(self) -> bool:
-        """Whether the spec pins one tunnel address (meaningful only for a single node)."""
-        return False
-
     def problems(self) -> list[tuple[str, str]]:
         """Cross-field problems, as (path relative to spec, message)."""
         problems = [(join_path("ipsec", path), message) for path, message in self.ipsec.problems()]
@@ -345,22 +341,6 @@ class EndpointSpec(SpecModel):
             problems.append(("nodeSelector", "set either nodeName or nodeSelector, not both"))
         if self.node_name is None and self.node_selector is None:
             problems.append(("nodeName", "set nodeName (one node) or nodeSelector (nodes by label)"))
-        if self.node_selector is not None and self.nbma.address is not None:
-            problems.append(
-                (
-                    "nbma.address",
-                    "an explicit NBMA address needs nodeName: nodes selected by label each "
-                    "have their own address (use nbma.fromNode)",
-                )
-            )
-        if self.node_selector is not None and self.explicit_tunnel_address():
-            problems.append(
-                (
-                    "tunnel.address",
-                    "an explicit tunnel address needs nodeName: nodes selected by label "
-                    "each get an address allocated from the hub's subnet",
-                )
-            )
         if self.site_prefixes is not None:
             problems += overlap_problems("sitePrefixes", self.site_prefixes)
             network = self.tunnel_network()
@@ -383,7 +363,8 @@ class EndpointSpec(SpecModel):
 
 
 class DMVPNHubSpec(EndpointSpec):
-    """A DMVPN hub (NHRP next-hop server)."""
+    """A DMVPN hub (NHRP next-hop server). A hub is one node: with nodeSelector, the selector must match
+    exactly one node at a time (e.g. a label moved for failover); the operator reports it otherwise."""
 
     model_config = ConfigDict(json_schema_extra=cel_rules(*_ENDPOINT_RULES))
 
@@ -395,9 +376,6 @@ class DMVPNHubSpec(EndpointSpec):
 
     def tunnel_network(self) -> IPv4Network:
         return self.tunnel.address.network
-
-    def explicit_tunnel_address(self) -> bool:
-        return True
 
     def problems(self) -> list[tuple[str, str]]:
         problems = super().problems()
@@ -420,6 +398,10 @@ class DMVPNSpokeSpec(EndpointSpec):
         json_schema_extra=cel_rules(
             *_ENDPOINT_RULES,
             (
+                "!has(self.nbma) || !has(self.nbma.address) || has(self.nodeName)",
+                "nbma.address needs nodeName",
+            ),
+            (
                 "!has(self.tunnel) || !has(self.tunnel.address) || has(self.nodeName)",
                 "tunnel.address needs nodeName",
             ),
@@ -434,11 +416,30 @@ class DMVPNSpokeSpec(EndpointSpec):
     def tunnel_network(self) -> IPv4Network | None:
         return self.tunnel.address.network if self.tunnel.address is not None else None
 
-    def explicit_tunnel_address(self) -> bool:
-        return self.tunnel.address is not None
-
     def problems(self) -> list[tuple[str, str]]:
-        return super().problems() + self._hub_problems()
+        return super().problems() + self._single_node_problems() + self._hub_problems()
+
+    def _single_node_problems(self) -> list[tuple[str, str]]:
+        if self.node_selector is None or self.node_name is not None:
+            return []
+        problems: list[tuple[str, str]] = []
+        if self.nbma.address is not None:
+            problems.append(
+                (
+                    "nbma.address",
+                    "an explicit NBMA address needs nodeName: nodes selected by label each "
+                    "have their own address (use nbma.fromNode)",
+                )
+            )
+        if self.tunnel.address is not None:
+            problems.append(
+                (
+                    "tunnel.address",
+                    "an explicit tunnel address needs nodeName: nodes selected by label "
+                    "each get an address allocated from the hub's subnet",
+                )
+            )
+        return problems
 
     def _hub_problems(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
