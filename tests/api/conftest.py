@@ -63,6 +63,10 @@ def strict_json_schema(openapi: Mapping[str, Any]) -> dict[str, Any]:
     """A CRD schema as JSON Schema that, like ``kubectl apply`` (strict field validation), rejects
     unknown fields instead of pruning them."""
     schema = {key: value for key, value in openapi.items() if not key.startswith("x-kubernetes")}
+    if "pattern" in schema and schema["pattern"].endswith("$"):
+        # The API server matches with Go RE2, where `$` is the end of text; Python's `$` also matches
+        # before a final newline, and jsonschema uses re.search.
+        schema["pattern"] = schema["pattern"][:-1] + r"\Z"
     if "properties" in schema and "additionalProperties" not in schema:
         schema["additionalProperties"] = False
     if "properties" in schema:

@@ -157,8 +157,8 @@ def _message(error: ErrorDetails) -> str:
         word = "at least" if kind == "too_short" else "at most"
         return f"must have {word} {bound} {'item' if bound == 1 else 'items'}"
     message = error["msg"]
-    if message.startswith("Input should be"):
-        message = "must be" + message.removeprefix("Input should be")
+    if message.startswith("Input should "):
+        message = "must " + message.removeprefix("Input should ")
     message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     value = error.get("input")
     # "must ..." states a requirement, so show what was given; other messages already describe it.

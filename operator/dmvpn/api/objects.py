@@ -71,9 +71,20 @@ def is_dmvpn_document(data: object) -> bool:
 
 
 def _label(data: Mapping[str, Any]) -> str:
+    """``Kind/name`` as far as the document says, for attributing problems."""
     metadata = data.get("metadata")
     name = metadata.get("name") if isinstance(metadata, Mapping) else None
-    return f"{data.get('kind', '?')}/{name if isinstance(name, str) else '?'}"
+    kind = data.get("kind")
+    parts = [part for part in (kind, name) if isinstance(part, str) and part]
+    return "/".join(parts)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A one-line description of a YAML syntax error, with its position."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"not valid YAML: {error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return f"not valid YAML: {error}"
 
 
 def _header_problems(data: Mapping[str, Any]) -> list[Problem]:
@@ -121,7 +132,7 @@ def load_documents(yaml_text: str, *, source: str = "", skip_foreign: bool = Tru
     try:
         documents = list(yaml.safe_load_all(yaml_text))
     except yaml.YAMLError as error:
-        raise ValidationFailed([Problem("", f"not valid YAML: {error}", source)]) from None
+        raise ValidationFailed([Problem("", _yaml_problem(error), source)]) from None
     objects: list[DMVPNObject] = []
     problems: list[Problem] = []
     for number, document in enumerate(documents, start=1):
