@@ -1,0 +1,68 @@
+"""One strongSwan charon per lab site, each in its namespace with its own /run (pid file, vici socket).
+
+charon's pid file and default vici socket live at fixed paths under /run. ``ip netns exec`` already
+gives each command a private mount namespace, so bind-mounting the site's run directory over /run
+there keeps the charons apart without touching the host's /run.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from dmvpn.lab.topology import Lab, LabError, Site
+
+CHARON = "/usr/lib/ipsec/charon"
+
+STRONGSWAN_CONF = """\
+charon {
+  load_modular = yes
+  install_routes = no
+  retransmit_timeout = 1.0
+  retransmit_tries = 4
+  plugins {
+    include /etc/strongswan.d/charon/*.conf
+    vici {
+      socket = unix:///run/charon.vici
+    }
+  }
+  filelog {
+    lab {
+      path = /run/charon.log
+      time_format = %H:%M:%S
+      flush_line = yes
+      default = 1
+      ike = 1
+      knl = 1
+    }
+  }
+}
+"""
+
+
+def start_charon(lab: Lab, site: Site, timeout_s: float = 30.0) -> Path:
+    """Start charon in the site's namespace; returns the path of its vici socket once it answers."""
+    rundir = lab.site_rundir(site)
+    conf = rundir / "strongswan.conf"
+    conf.write_text(STRONGSWAN_CONF)
+    script = f"mount --bind {rundir} /run && exec env STRONGSWAN_CONF=/run/strongswan.conf {CHARON}"
+    site.ns.popen("sh", "-c", script, log=rundir / "charon.stdout")
+    vici = rundir / "charon.vici"
+    _wait_for_socket(vici, timeout_s, rundir)
+    return vici
+
+
+def _wait_for_socket(path: Path, timeout_s: float, rundir: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(str(path))
+                    return
+                except OSError:
+                    pass
+        time.sleep(0.2)
+    log = (rundir / "charon.stdout").read_text(errors="replace")[-2000:] if (rundir / "charon.stdout").exists() else ""
+    raise LabError(f"charon did not open {path} within {timeout_s} s; its output:\n{log}")

@@ -1,0 +1,259 @@
+"""pytest plugin: tests marked ``kernel`` run against a real mGRE/ESP kernel, never silently skipped.
+
+On a host whose kernel has ``ip_gre`` and ``esp4`` the marked tests run in place. Elsewhere (this
+project's build machines) each marked test is replaced by a proxy item with the same node id; the
+first proxy boots one virtme-ng guest that runs every marked test in a single pytest session, and each
+proxy then reports its own test's outcome from the guest. The guest boots in the background as soon
+as collection ends, so it overlaps with the unit tests. A kernel test that is skipped, wherever it
+runs, is reported as a failure: a skipped data-plane test proves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dmvpn.lab.guest import GuestSpec, GuestUnavailable, host_has_kernel_dataplane, in_guest, stream_guest
+
+READY_MARK = "DMVPN-GUEST-PYTEST-START"
+RESULTS_OPTION = "--guest-results"
+_RUN_KEY = pytest.StashKey["GuestRun"]()
+_MODE_KEY = pytest.StashKey[str]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("dmvpn kernel lab")
+    group.addoption(
+        "--kernel-mode",
+        choices=("auto", "direct", "guest"),
+        default="auto",
+        help="where kernel-marked tests run: auto (guest when this kernel lacks ip_gre/esp4), direct, guest",
+    )
+    group.addoption(RESULTS_OPTION, default=None, help="(internal) where the guest writes its results")
+    group.addoption("--guest-timeout", type=float, default=2400.0, help="hard limit for the whole guest run (seconds)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    mode = config.getoption("--kernel-mode")
+    if mode == "auto":
+        mode = "direct" if in_guest() or host_has_kernel_dataplane() else "guest"
+    config.stash[_MODE_KEY] = mode
+    if in_guest():
+        # The host reads this line to tell boot time from test time.
+        print(READY_MARK, flush=True)
+    results = config.getoption(RESULTS_OPTION)
+    if results:
+        config.pluginmanager.register(ResultRecorder(Path(results)), "dmvpn-guest-results")
+
+
+def _is_kernel(item: pytest.Item) -> bool:
+    return item.get_closest_marker("kernel") is not None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome: Any = yield
+    report: pytest.TestReport = outcome.get_result()
+    if _is_kernel(item) and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"kernel test was skipped ({reason}); kernel tests must run, not skip"
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.stash[_MODE_KEY] != "guest":
+        return
+    kernel_items = [item for item in items if _is_kernel(item)]
+    if not kernel_items:
+        return
+    run = GuestRun(config, [item.nodeid for item in kernel_items])
+    config.stash[_RUN_KEY] = run
+    proxies = [_proxy_for(item) for item in kernel_items]
+    # Proxies go last: by the time pytest reaches them the guest has had the unit tests' time to boot.
+    items[:] = [*(item for item in items if not _is_kernel(item)), *proxies]
+
+
+def _proxy_for(item: pytest.Item) -> pytest.Item:
+    assert item.parent is not None, "a collected test always has a parent"
+    proxy: pytest.Item = GuestProxyItem.from_parent(item.parent, name=item.name, original=item)
+    return proxy
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    run = session.config.stash.get(_RUN_KEY, None)
+    if run is not None and not session.config.option.collectonly:
+        run.start()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    run = config.stash.get(_RUN_KEY, None)
+    if run is None or run.started_at is None:
+        return
+    terminalreporter.section("kernel lab (virtme-ng guest)")
+    for line in run.timing_lines():
+        terminalreporter.write_line(line)
+
+
+@dataclass
+class GuestOutcome:
+    outcome: str
+    longrepr: str
+    duration: float
+
+
+@dataclass
+class GuestRun:
+    """One guest boot that runs every kernel test, started in the background after collection."""
+
+    config: pytest.Config
+    nodeids: list[str]
+    console: list[str] = field(default_factory=list)
+    results: dict[str, GuestOutcome] = field(default_factory=dict)
+    error: str | None = None
+    started_at: float | None = None
+    ready_at: float | None = None
+    finished_at: float | None = None
+    _thread: threading.Thread | None = None
+    _printed: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="dmvpn-guest", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        rootdir = Path(str(self.config.rootpath))
+        labdir = rootdir / ".lab"
+        labdir.mkdir(exist_ok=True)
+        outdir = Path(tempfile.mkdtemp(prefix="guest-", dir=labdir))
+        results_file = outdir / "results.json"
+        argv = [
+            sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-s", "--tb=short",
+            "--kernel-mode=direct", f"{RESULTS_OPTION}={results_file}", "--timeout=600",
+            "-o", "console_output_style=classic", *self.nodeids,
+        ]  # fmt: skip
+        spec = GuestSpec(
+            command=" ".join(shlex.quote(arg) for arg in argv),
+            rwdirs=(outdir,),
+            cwd=rootdir,
+            timeout_s=float(self.config.getoption("--guest-timeout")),
+        )
+        try:
+            for line in stream_guest(spec):
+                if self.ready_at is None and READY_MARK in line:
+                    self.ready_at = time.monotonic()
+                with self._lock:
+                    self.console.append(line.rstrip("\n"))
+        except (GuestUnavailable, OSError) as err:
+            self.error = f"the kernel-lab guest could not run: {err}"
+        except subprocess.CalledProcessError as err:
+            self.error = f"the kernel-lab guest exited with status {err.returncode}"
+        finally:
+            self.finished_at = time.monotonic()
+        self._load_results(results_file)
+
+    def _load_results(self, results_file: Path) -> None:
+        try:
+            raw = json.loads(results_file.read_text())
+        except (OSError, ValueError) as err:
+            self.error = (self.error or "") + f"; no results from the guest ({err})"
+            return
+        self.results = {nodeid: GuestOutcome(**value) for nodeid, value in raw.items()}
+
+    def wait(self, echo: Any) -> None:
+        """Block until the guest is done, echoing its console live to the terminal."""
+        assert self._thread is not None
+        while self._thread.is_alive():
+            self._echo(echo)
+            self._thread.join(timeout=0.5)
+        self._echo(echo)
+
+    def _echo(self, echo: Any) -> None:
+        with self._lock:
+            fresh = self.console[self._printed :]
+            self._printed = len(self.console)
+        for line in fresh:
+            echo(f"[guest] {line}")
+
+    def timing_lines(self) -> list[str]:
+        assert self.started_at is not None
+        end = self.finished_at or time.monotonic()
+        boot = (self.ready_at or end) - self.started_at
+        lines = [
+            f"guest boot (to pytest start): {boot:.1f} s",
+            f"kernel tests in guest: {end - (self.ready_at or end):.1f} s",
+            f"kernel tests reported: {len(self.results)} of {len(self.nodeids)}",
+        ]
+        if self.error:
+            lines.append(f"guest error: {self.error}")
+        return lines
+
+
+class GuestTestFailure(Exception):
+    """A kernel test failed (or did not run) in the guest; the text is the guest's report."""
+
+
+class GuestProxyItem(pytest.Item):
+    """Stands in, on the host, for one kernel test run in the guest."""
+
+    def __init__(self, *, original: pytest.Item, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.own_markers = list(original.iter_markers())
+        self.keywords.update(original.keywords)
+        self._location = original.location
+
+    def runtest(self) -> None:
+        run: GuestRun = self.config.stash[_RUN_KEY]
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        echo = reporter.write_line if reporter is not None and self.config.option.verbose >= 0 else print
+        if run._thread is None:
+            run.start()
+        run.wait(echo)
+        result = run.results.get(self.nodeid)
+        if result is None:
+            tail = "\n".join(run.console[-40:])
+            raise GuestTestFailure(f"the guest did not report this test ({run.error or 'no error'}).\n{tail}")
+        if result.outcome != "passed":
+            raise GuestTestFailure(f"[in guest: {result.outcome}]\n{result.longrepr}")
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, GuestTestFailure):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self._location[0], self._location[1], self._location[2] + " [guest]"
+
+
+class ResultRecorder:
+    """In the guest: records each test's combined outcome (setup, call, teardown) for the host."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.outcomes: dict[str, dict[str, Any]] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        entry = self.outcomes.setdefault(report.nodeid, {"outcome": "passed", "longrepr": "", "duration": 0.0})
+        entry["duration"] += report.duration
+        if report.outcome != "passed" and entry["outcome"] == "passed":
+            entry["outcome"] = report.outcome
+            entry["longrepr"] = f"({report.when}) {report.longreprtext}"
+        self._flush()
+
+    def _flush(self) -> None:
+        # Written after every report so a guest that dies mid-run still tells what it finished.
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.outcomes, indent=1))
+        tmp.replace(self.path)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Static checks: ruff (lint + format), mypy --strict on the package, import-linter layering contracts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${VENV:-.venv}/bin
+$B/ruff check operator cni tests bench
+$B/ruff format --check operator cni tests bench
+$B/mypy
+$B/lint-imports
