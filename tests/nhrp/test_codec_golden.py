@@ -176,9 +176,7 @@ TRANSIT_CIE_MODEL = CIE(
                 1,
                 0x8000 | 0x4000 | 0x0800,
                 cie_bytes(0, 32, 1400, 600),
-                ext(3, b"", compulsory=True)
-                + ext(4, TRANSIT_CIE, compulsory=True)
-                + ext(5, b"", compulsory=True),
+                ext(3, b"", compulsory=True) + ext(4, TRANSIT_CIE, compulsory=True) + ext(5, b"", compulsory=True),
             ),
             Message(
                 type=PacketType.RESOLUTION_REQUEST,
@@ -234,11 +232,7 @@ TRANSIT_CIE_MODEL = CIE(
             Message(
                 type=PacketType.REGISTRATION_REPLY,
                 flags=RegistrationFlag.UNIQUE,
-                cies=(
-                    CIE(
-                        code=CIECode.UNIQUE_ADDRESS_REGISTERED, prefix_length=32, mtu=1400, holding_time=7200
-                    ),
-                ),
+                cies=(CIE(code=CIECode.UNIQUE_ADDRESS_REGISTERED, prefix_length=32, mtu=1400, holding_time=7200),),
             ),
             id="registration-reply-unique-conflict",
         ),
@@ -256,8 +250,7 @@ TRANSIT_CIE_MODEL = CIE(
                 6,
                 0,
                 cie_bytes(0, 16, 0, 0, (b"", ip("10.20.0.0"))),
-                ext(8, b"\x00\x00\x0c" + b"cisco", compulsory=False)
-                + ext(0x1234, b"\x01\x02", compulsory=False),
+                ext(8, b"\x00\x00\x0c" + b"cisco", compulsory=False) + ext(0x1234, b"\x01\x02", compulsory=False),
             ),
             Message(
                 type=PacketType.PURGE_REPLY,

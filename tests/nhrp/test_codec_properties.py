@@ -65,9 +65,7 @@ def extensions(cie: st.SearchStrategy[CIE]) -> st.SearchStrategy[object]:
         st.builds(ResponderAddress, cies=cie_list, compulsory=st.booleans()),
         st.builds(ForwardTransitNHS, cies=cie_list, compulsory=st.booleans()),
         st.builds(ReverseTransitNHS, cies=cie_list, compulsory=st.booleans()),
-        st.builds(
-            NATAddress, cies=cie_list.filter(lambda c: len(c) > 0) | st.just(()), compulsory=st.booleans()
-        ),
+        st.builds(NATAddress, cies=cie_list.filter(lambda c: len(c) > 0) | st.just(()), compulsory=st.booleans()),
         st.builds(
             Authentication,
             spi=st.integers(0, 0xFFFFFFFF),
@@ -118,13 +116,9 @@ def packets(*, wireshark_friendly: bool = False) -> st.SearchStrategy[Packet]:
     )
     offending = message.map(encode) if wireshark_friendly else st.binary(max_size=64)
     error_header = dict(header, extensions=st.just(())) if wireshark_friendly else header
-    error = st.builds(
-        ErrorIndication, error_code=u16, error_offset=u16, offending_packet=offending, **error_header
-    )
+    error = st.builds(ErrorIndication, error_code=u16, error_offset=u16, offending_packet=offending, **error_header)
     data_packet = st.builds(
-        lambda src, dst, payload: (
-            bytes.fromhex("450000240001400040010000") + src.packed + dst.packed + payload
-        ),
+        lambda src, dst, payload: bytes.fromhex("450000240001400040010000") + src.packed + dst.packed + payload,
         ipv4,
         ipv4,
         st.just(bytes.fromhex("0800f7fe00010000")),  # ICMP echo: random ICMP types nest more IP
@@ -227,9 +221,7 @@ def write_pcap(path: Path, nhrp_packets: list[bytes]) -> None:
 
 
 def tshark(*args: str) -> str:
-    result = subprocess.run(
-        [TSHARK, *TSHARK_PREFS, *args], capture_output=True, text=True, timeout=120, check=False
-    )
+    result = subprocess.run([TSHARK, *TSHARK_PREFS, *args], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -260,9 +252,7 @@ def generated_packets() -> list[Packet]:
     return collected
 
 
-def test_tshark_dissects_generated_packets_without_errors(
-    tmp_path: Path, generated_packets: list[Packet]
-) -> None:
+def test_tshark_dissects_generated_packets_without_errors(tmp_path: Path, generated_packets: list[Packet]) -> None:
     pcap = tmp_path / "generated.pcap"
     write_pcap(pcap, [encode(packet) for packet in generated_packets])
     assert expert_problems(pcap) == []

@@ -41,9 +41,7 @@ class PacketType(IntEnum):
     TRAFFIC_INDICATION = 8
 
 
-REQUEST_TYPES = frozenset(
-    {PacketType.RESOLUTION_REQUEST, PacketType.REGISTRATION_REQUEST, PacketType.PURGE_REQUEST}
-)
+REQUEST_TYPES = frozenset({PacketType.RESOLUTION_REQUEST, PacketType.REGISTRATION_REQUEST, PacketType.PURGE_REQUEST})
 REPLY_TYPES = frozenset({PacketType.RESOLUTION_REPLY, PacketType.REGISTRATION_REPLY, PacketType.PURGE_REPLY})
 
 

@@ -134,9 +134,7 @@ def decode(data: bytes, *, verify_checksum: bool = True) -> Packet:
         code, offset = struct.unpack("!HH", word)
         packet = ErrorIndication(error_code=code, error_offset=offset, offending_packet=reader.rest())
     elif type_ == PacketType.TRAFFIC_INDICATION:
-        packet = TrafficIndication(
-            traffic_code=int.from_bytes(word[:2], "big"), original_packet=reader.rest()
-        )
+        packet = TrafficIndication(traffic_code=int.from_bytes(word[:2], "big"), original_packet=reader.rest())
     else:
         packet = Message(
             type=PacketType(type_),
@@ -229,9 +227,7 @@ def decode_extensions(data: bytes, start: int, end: int) -> tuple[Extension, ...
     return tuple(extensions)
 
 
-def _decode_extension(
-    ext_type: int, compulsory: bool, body: bytes, header_at: int, body_at: int
-) -> Extension:
+def _decode_extension(ext_type: int, compulsory: bool, body: bytes, header_at: int, body_at: int) -> Extension:
     cie_list_class = _CIE_LIST_EXTENSIONS.get(ext_type)
     if cie_list_class is not None:
         reader = _Reader(body, 0, len(body), ErrorCode.INVALID_EXTENSION)

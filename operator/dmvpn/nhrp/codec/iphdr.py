@@ -26,8 +26,6 @@ def ip_addresses(packet: bytes) -> tuple[Address, Address] | None:
 
 def indication_excerpt(packet: bytes) -> bytes:
     """The part of a data packet a Traffic Indication carries: its IP header and 8 payload bytes."""
-    if packet and packet[0] >> 4 == 4:
-        header_len = max((packet[0] & 0x0F) * 4, _IPV4_MIN_HEADER)
-    else:
-        header_len = _IPV6_HEADER
+    ipv4 = bool(packet) and packet[0] >> 4 == 4
+    header_len = max((packet[0] & 0x0F) * 4, _IPV4_MIN_HEADER) if ipv4 else _IPV6_HEADER
     return bytes(packet[: header_len + _EXCERPT_PAYLOAD])

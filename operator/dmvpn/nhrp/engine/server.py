@@ -1,0 +1,379 @@
+"""NHS: registrations, resolution forwarding, purges and Traffic Indications."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from ipaddress import ip_network
+
+from dmvpn.nhrp.cache import CacheEntry, EntryType, Network, host_network
+from dmvpn.nhrp.codec import (
+    CIE,
+    Address,
+    CIECode,
+    ErrorCode,
+    Extension,
+    ForwardTransitNHS,
+    Message,
+    NATAddress,
+    PacketType,
+    RegistrationFlag,
+    ResolutionFlag,
+    ResponderAddress,
+    ReverseTransitNHS,
+    TrafficIndication,
+    find_extension,
+    indication_excerpt,
+    ip_addresses,
+)
+from dmvpn.nhrp.counters import DropReason
+from dmvpn.nhrp.engine.client import Registrar
+from dmvpn.nhrp.engine.context import Context
+from dmvpn.nhrp.engine.ratelimit import RateLimiter
+from dmvpn.nhrp.engine.responder import has_loop
+
+FORWARDABLE = frozenset({EntryType.DYNAMIC, EntryType.STATIC})
+INDICATION_TARGETS = frozenset({EntryType.DYNAMIC, EntryType.STATIC, EntryType.SHORTCUT, EntryType.CACHED})
+MAX_INTERESTED_PER_PREFIX = 64
+
+
+@dataclass(slots=True)
+class PendingPurge:
+    nbma: Address
+    packet: Message
+    attempts: int
+    timeout: float
+    deadline: float
+
+
+class Server:
+    def __init__(self, ctx: Context, registrar: Registrar) -> None:
+        self.ctx = ctx
+        self.registrar = registrar
+        # Who resolved what through us: told when the binding goes (prefix -> requester -> NBMA).
+        self.interested: dict[Network, dict[Address, Address]] = {}
+        self.pending_purges: dict[int, PendingPurge] = {}
+        config = ctx.config
+        self._indications = RateLimiter(
+            burst=config.traffic_indication_burst,
+            interval=config.traffic_indication_interval,
+            max_keys=config.max_rate_limit_keys,
+        )
+
+    # --- registration -------------------------------------------------------------------------
+
+    def on_registration(self, request: Message, nbma: Address, now: float) -> None:
+        config = self.ctx.config
+        flags = RegistrationFlag(request.flags) & (RegistrationFlag.UNIQUE | RegistrationFlag.NAT)
+        reply = Message(
+            type=PacketType.REGISTRATION_REPLY,
+            flags=flags,
+            request_id=request.request_id,
+            hop_count=config.hop_count,
+            src_nbma=request.src_nbma,
+            src_protocol=request.src_protocol,
+            dst_protocol=config.protocol_address,
+            cies=tuple(self._register(request, cie, nbma, now) for cie in request.cies),
+            extensions=self._registration_reply_extensions(request, nbma),
+        )
+        self.ctx.send(nbma, reply)
+
+    def _register(self, request: Message, cie: CIE, nbma: Address, now: float) -> CIE:
+        """Bind one CIE's prefix to the NBMA address the request came from; the CIE, with its code."""
+        config = self.ctx.config
+        protocol = cie.client_protocol or request.src_protocol
+        if protocol is None or request.src_protocol is None or protocol.version != config.protocol_address.version:
+            return replace(cie, code=CIECode.ADMINISTRATIVELY_PROHIBITED)
+        host = protocol.max_prefixlen
+        length = host if cie.prefix_length in (0, 0xFF) or cie.prefix_length > host else cie.prefix_length
+        if length < config.min_prefix_length:
+            return replace(cie, code=CIECode.ADMINISTRATIVELY_PROHIBITED)
+        prefix = ip_network((protocol, length), strict=False)
+        existing = self.ctx.cache.get(prefix)
+        if (
+            existing is not None
+            and existing.type == EntryType.DYNAMIC
+            and existing.unique
+            and existing.nbma != nbma
+            and not existing.expired(now)
+        ):
+            self.ctx.counters.events["registration_unique_conflict"] += 1
+            return replace(cie, code=CIECode.UNIQUE_ADDRESS_REGISTERED)
+        entry = CacheEntry(
+            prefix=prefix,
+            type=EntryType.DYNAMIC,
+            nbma=nbma,  # where it came from: right even behind NAT
+            next_hop=request.src_protocol,
+            claimed_nbma=cie.client_nbma or request.src_nbma,
+            expires=now + (cie.holding_time or config.holding_time),
+            mtu=cie.mtu,
+            unique=bool(request.flags & RegistrationFlag.UNIQUE),
+        )
+        if not self.ctx.cache_put(entry):
+            full = self.ctx.cache.get(prefix) is None
+            code = CIECode.INSUFFICIENT_RESOURCES if full else CIECode.ADMINISTRATIVELY_PROHIBITED
+            return replace(cie, code=code)
+        self.ctx.counters.events["registration_accepted"] += 1
+        return replace(cie, code=CIECode.SUCCESS)
+
+    def _registration_reply_extensions(self, request: Message, nbma: Address) -> tuple[Extension, ...]:
+        extensions: list[Extension] = []
+        for extension in request.extensions:
+            if isinstance(extension, ResponderAddress):
+                extensions.append(ResponderAddress(cies=(self.ctx.our_cie(),)))
+            elif isinstance(extension, ForwardTransitNHS | ReverseTransitNHS):
+                extensions.append(extension)
+            elif isinstance(extension, NATAddress) and self.ctx.config.nat_extension:
+                extensions.append(self._nat_extension_for(request.src_protocol, nbma, request.src_nbma))
+        return tuple(extensions)
+
+    def _nat_extension_for(self, protocol: Address | None, real: Address | None, claimed: Address | None) -> NATAddress:
+        """Tell a peer behind NAT which NBMA address we see it at (nothing when there is no NAT)."""
+        if protocol is None or real is None or real == claimed:
+            return NATAddress()
+        cie = CIE(
+            prefix_length=protocol.max_prefixlen,
+            mtu=self.ctx.config.mtu,
+            client_nbma=real,
+            client_protocol=protocol,
+        )
+        return NATAddress(cies=(cie,))
+
+    # --- resolution ---------------------------------------------------------------------------
+
+    def on_resolution_request(self, request: Message, nbma: Address, raw: bytes, now: float) -> None:
+        ctx = self.ctx
+        destination = request.dst_protocol
+        if destination is None or request.src_protocol is None:
+            ctx.drop(DropReason.NOT_FOR_US)
+            return
+        if has_loop(find_extension(request, ForwardTransitNHS), ctx.config.protocol_address):
+            ctx.drop(DropReason.LOOP_DETECTED)
+            ctx.send_error(nbma, ErrorCode.LOOP_DETECTED, offset=0, quoted=raw, about=request.src_protocol, now=now)
+            return
+        entry = ctx.cache.lookup(destination, now, types=FORWARDABLE)
+        if entry is not None and entry.type == EntryType.DYNAMIC and not request.flags & ResolutionFlag.A:
+            self._answer_from_cache(request, entry, nbma, now)
+            return
+        target = entry.nbma if entry is not None else None
+        if target is None:
+            upstream = self.registrar.first_up()
+            target = upstream.nbma if upstream is not None and upstream.nbma != nbma else None
+        if target is None:
+            self._negative_reply(request, nbma)
+            return
+        if request.hop_count <= 1:
+            ctx.drop(DropReason.HOP_COUNT_EXCEEDED)
+            ctx.send_error(
+                nbma, ErrorCode.HOP_COUNT_EXCEEDED, offset=9, quoted=raw, about=request.src_protocol, now=now
+            )
+            return
+        if entry is not None:
+            self._remember_interest(entry, request.src_protocol, self._requester_nbma(request, nbma))
+        forwarded = replace(request, hop_count=request.hop_count - 1, extensions=self._forward_extensions(request, now))
+        ctx.counters.events["resolution_forwarded"] += 1
+        ctx.send(target, forwarded)
+
+    def _forward_extensions(self, request: Message, now: float) -> tuple[Extension, ...]:
+        """Copy the extensions, adding ourselves to the forward transit record and, for a requester
+        behind NAT, its real NBMA address to an empty NAT extension (so the responder can reply)."""
+        extensions: list[Extension] = []
+        for extension in request.extensions:
+            if isinstance(extension, ForwardTransitNHS):
+                extensions.append(ForwardTransitNHS(cies=(*extension.cies, self._transit_cie())))
+            elif isinstance(extension, NATAddress) and not extension.cies and request.src_protocol is not None:
+                source = self.ctx.cache.lookup(request.src_protocol, now, types=frozenset({EntryType.DYNAMIC}))
+                if source is not None and source.nbma is not None:
+                    nat = self._nat_extension_for(request.src_protocol, source.nbma, source.claimed_nbma)
+                    extensions.append(nat)
+                else:
+                    extensions.append(extension)
+            else:
+                extensions.append(extension)
+        return tuple(extensions)
+
+    def _transit_cie(self) -> CIE:
+        return self.ctx.our_cie()
+
+    def _answer_from_cache(self, request: Message, entry: CacheEntry, nbma: Address, now: float) -> None:
+        """A non-authoritative answer (the requester did not insist on A) from a registration."""
+        hold = int(max((entry.expires or now) - now, 0))
+        answer = CIE(
+            prefix_length=entry.prefix.prefixlen,
+            mtu=entry.mtu,
+            holding_time=hold,
+            client_nbma=entry.nbma,
+            client_protocol=entry.next_hop,
+        )
+        assert request.src_protocol is not None
+        self._remember_interest(entry, request.src_protocol, self._requester_nbma(request, nbma))
+        reply = Message(
+            type=PacketType.RESOLUTION_REPLY,
+            flags=(request.flags & (ResolutionFlag.Q | ResolutionFlag.S | ResolutionFlag.NAT)) | ResolutionFlag.D,
+            request_id=request.request_id,
+            hop_count=self.ctx.config.hop_count,
+            src_nbma=request.src_nbma,
+            src_protocol=request.src_protocol,
+            dst_protocol=request.dst_protocol,
+            cies=(answer,),
+            extensions=tuple(
+                self._nat_extension_for(entry.next_hop, entry.nbma, entry.claimed_nbma)
+                if isinstance(extension, NATAddress)
+                else extension
+                for extension in request.extensions
+                if isinstance(extension, ForwardTransitNHS | ReverseTransitNHS | NATAddress)
+            ),
+        )
+        self.ctx.counters.events["resolution_answered_from_cache"] += 1
+        self.ctx.send(nbma, reply)
+
+    def _negative_reply(self, request: Message, nbma: Address) -> None:
+        nak = CIE(
+            code=CIECode.NO_BINDING_EXISTS,
+            prefix_length=request.dst_protocol.max_prefixlen if request.dst_protocol else 0,
+            holding_time=int(self.ctx.config.negative_holding_time),
+        )
+        reply = Message(
+            type=PacketType.RESOLUTION_REPLY,
+            flags=request.flags & (ResolutionFlag.Q | ResolutionFlag.S | ResolutionFlag.NAT),
+            request_id=request.request_id,
+            hop_count=self.ctx.config.hop_count,
+            src_nbma=request.src_nbma,
+            src_protocol=request.src_protocol,
+            dst_protocol=request.dst_protocol,
+            cies=(nak,),
+        )
+        self.ctx.counters.events["resolution_nak_sent"] += 1
+        self.ctx.send(nbma, reply)
+
+    def _requester_nbma(self, request: Message, nbma: Address) -> Address:
+        forward = find_extension(request, ForwardTransitNHS)
+        if forward is not None and forward.cies:  # came through another NHS
+            return self.ctx.nat_binding(request, request.src_protocol) or request.src_nbma or nbma
+        return nbma
+
+    def on_foreign_reply(self, reply: Message, nbma: Address, raw: bytes, now: float) -> None:
+        """A Resolution Reply for someone else travelling back through us: pass it on towards them."""
+        ctx = self.ctx
+        us = ctx.config.protocol_address
+        looped = has_loop(find_extension(reply, ReverseTransitNHS), us)
+        if looped or has_loop(find_extension(reply, ResponderAddress), us):
+            ctx.drop(DropReason.LOOP_DETECTED)
+            ctx.send_error(nbma, ErrorCode.LOOP_DETECTED, offset=0, quoted=raw, about=reply.src_protocol, now=now)
+            return
+        entry = ctx.cache.lookup(reply.src_protocol, now, types=FORWARDABLE) if reply.src_protocol else None
+        if entry is None or entry.nbma is None:
+            ctx.drop(DropReason.NO_ROUTE)
+            return
+        if reply.hop_count <= 1:
+            ctx.drop(DropReason.HOP_COUNT_EXCEEDED)
+            ctx.send_error(nbma, ErrorCode.HOP_COUNT_EXCEEDED, offset=9, quoted=raw, about=reply.src_protocol, now=now)
+            return
+        extensions = tuple(
+            ReverseTransitNHS(cies=(*extension.cies, self._transit_cie()))
+            if isinstance(extension, ReverseTransitNHS)
+            else extension
+            for extension in reply.extensions
+        )
+        ctx.send(entry.nbma, replace(reply, hop_count=reply.hop_count - 1, extensions=extensions))
+
+    # --- purges -------------------------------------------------------------------------------
+
+    def _remember_interest(self, entry: CacheEntry, requester: Address, requester_nbma: Address) -> None:
+        prefixes = {entry.prefix}
+        if entry.next_hop is not None:
+            prefixes.add(host_network(entry.next_hop))
+        for prefix in prefixes:
+            interested = self.interested.setdefault(prefix, {})
+            if requester in interested or len(interested) < MAX_INTERESTED_PER_PREFIX:
+                interested[requester] = requester_nbma
+
+    def withdraw(self, request: Message, nbma: Address) -> list[CacheEntry]:
+        """A registrant's Purge Request: remove the bindings it owns that the CIEs name."""
+        removed: list[CacheEntry] = []
+        for cie in request.cies:
+            protocol = cie.client_protocol or request.src_protocol
+            if protocol is None:
+                continue
+            host = protocol.max_prefixlen
+            length = host if cie.prefix_length in (0, 0xFF) or cie.prefix_length > host else cie.prefix_length
+            prefix = ip_network((protocol, length), strict=False)
+            entry = self.ctx.cache.get(prefix)
+            owner = entry is not None and (entry.nbma == nbma or entry.next_hop == request.src_protocol)
+            if entry is not None and entry.type == EntryType.DYNAMIC and owner:
+                self.ctx.cache_remove(prefix)
+                removed.append(entry)
+        return removed
+
+    def binding_gone(self, entry: CacheEntry, now: float) -> None:
+        """A registration expired or was withdrawn: purge it from everyone who resolved it via us."""
+        for requester, nbma in self.interested.pop(entry.prefix, {}).items():
+            if nbma == entry.nbma:
+                continue
+            self._send_purge(entry.prefix, requester, nbma, now)
+
+    def _send_purge(self, prefix: Network, requester: Address, nbma: Address, now: float) -> None:
+        config = self.ctx.config
+        purge = Message(
+            type=PacketType.PURGE_REQUEST,
+            request_id=self.ctx.new_request_id(),
+            hop_count=config.hop_count,
+            src_nbma=config.nbma_address,
+            src_protocol=config.protocol_address,
+            dst_protocol=requester,
+            cies=(CIE(prefix_length=prefix.prefixlen, client_protocol=prefix.network_address),),
+        )
+        timeout = config.purge_timeout
+        self.pending_purges[purge.request_id] = PendingPurge(nbma, purge, 1, timeout, now + timeout)
+        self.ctx.counters.events["purge_sent"] += 1
+        self.ctx.send(nbma, purge)
+
+    def on_purge_reply(self, reply: Message) -> bool:
+        return self.pending_purges.pop(reply.request_id, None) is not None
+
+    def next_deadline(self) -> float | None:
+        return min((pending.deadline for pending in self.pending_purges.values()), default=None)
+
+    def tick(self, now: float) -> None:
+        for request_id, pending in list(self.pending_purges.items()):
+            if pending.deadline > now:
+                continue
+            if pending.attempts >= self.ctx.config.purge_attempts:
+                del self.pending_purges[request_id]
+                self.ctx.counters.events["purge_unanswered"] += 1
+                continue
+            pending.attempts += 1
+            pending.timeout *= 2
+            pending.deadline = now + pending.timeout
+            self.ctx.send(pending.nbma, pending.packet)
+
+    # --- traffic indications ------------------------------------------------------------------
+
+    def hairpin(self, packet: bytes, now: float) -> None:
+        """The data plane saw ``packet`` enter and leave through the hub: tell its source to resolve."""
+        ctx = self.ctx
+        if not ctx.config.redirect:
+            return
+        addresses = ip_addresses(packet)
+        if addresses is None:
+            ctx.drop(DropReason.BAD_TRAFFIC_INDICATION)
+            return
+        source, destination = addresses
+        if source.version != ctx.config.protocol_address.version:
+            ctx.drop(DropReason.UNSUPPORTED_PROTOCOL)
+            return
+        entry = ctx.cache.lookup(source, now, types=INDICATION_TARGETS)
+        if entry is None or entry.nbma is None:
+            ctx.drop(DropReason.NO_ROUTE)
+            return
+        if not self._indications.allow((source, destination), now):
+            ctx.drop(DropReason.RATE_LIMITED)
+            return
+        indication = TrafficIndication(
+            hop_count=1,
+            src_nbma=ctx.config.nbma_address,
+            src_protocol=ctx.config.protocol_address,
+            dst_protocol=source,
+            original_packet=indication_excerpt(packet),
+        )
+        ctx.counters.events["traffic_indication_sent"] += 1
+        ctx.send(entry.nbma, indication)
