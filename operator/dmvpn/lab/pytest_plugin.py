@@ -71,6 +71,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"kernel test was skipped ({reason}); kernel tests must run, not skip"
 
 
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: only tests that will run go to the guest
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.stash[_MODE_KEY] != "guest":
         return
