@@ -56,9 +56,7 @@ def verify_sandbox(netns: str, ifname: str, prev_result: JSONObject, mtu: int | 
         families = {network.version for network, _ in expected_routes}
         actual = []
         for family in sorted(families):
-            table = _ip_json(
-                nsenter, ip, netns, [f"-{family}", "route", "show", "table", "main"], what="routes"
-            )
+            table = _ip_json(nsenter, ip, netns, [f"-{family}", "route", "show", "table", "main"], what="routes")
             actual.extend(_parse_routes(table, family))
         _verify_routes(netns, expected_routes, actual)
 
@@ -99,19 +97,13 @@ def expected_addresses(prev_result: JSONObject, ifname: str) -> list[str]:
 def _verify_addresses(netns: str, ifname: str, link: JSONObject, expected: list[str]) -> None:
     present = set()
     for info in link.get("addr_info") or []:
-        if (
-            isinstance(info, dict)
-            and isinstance(info.get("local"), str)
-            and isinstance(info.get("prefixlen"), int)
-        ):
+        if isinstance(info, dict) and isinstance(info.get("local"), str) and isinstance(info.get("prefixlen"), int):
             present.add(ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}"))
     for address in expected:
         try:
             wanted = ipaddress.ip_interface(address)
         except ValueError:
-            raise CNIError(
-                CHECK_MISMATCH, f"prevResult address {address!r} is not an address/prefix"
-            ) from None
+            raise CNIError(CHECK_MISMATCH, f"prevResult address {address!r} is not an address/prefix") from None
         if wanted not in present:
             raise CNIError(
                 CHECK_MISMATCH,
@@ -141,9 +133,7 @@ def _parse_routes(table: object, family: int) -> list[tuple[Network, Address | N
         if not isinstance(route, dict) or not isinstance(route.get("dst"), str):
             continue
         try:
-            network = (
-                default if route["dst"] == "default" else ipaddress.ip_network(route["dst"], strict=False)
-            )
+            network = default if route["dst"] == "default" else ipaddress.ip_network(route["dst"], strict=False)
             gateway = route.get("gateway")
             routes.append((network, ipaddress.ip_address(gateway) if isinstance(gateway, str) else None))
         except ValueError:

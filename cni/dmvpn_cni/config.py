@@ -296,9 +296,7 @@ def load_node_state(path: str) -> NodeState:
 
 def bridge_delegate_config(conf: NetConf, state: NodeState, version: str) -> JSONObject:
     """The ``bridge`` + ``host-local`` config for this node, as flannel builds one for its subnet."""
-    ranges = [
-        [{"subnet": cidr} for cidr in state.pod_cidrs if is_ipv6(cidr) == ipv6] for ipv6 in (False, True)
-    ]
+    ranges = [[{"subnet": cidr} for cidr in state.pod_cidrs if is_ipv6(cidr) == ipv6] for ipv6 in (False, True)]
     ranges = [family for family in ranges if family]
     routes = conf.routes
     if routes is None:

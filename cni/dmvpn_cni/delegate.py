@@ -72,9 +72,7 @@ def invoke(
         try:
             return jsonio.loads(text)
         except jsonio.JSONError as err:
-            raise CNIError(
-                INTERNAL_ERROR, f"{name} {command} printed a result that is not JSON", str(err)
-            ) from None
+            raise CNIError(INTERNAL_ERROR, f"{name} {command} printed a result that is not JSON", str(err)) from None
     raise _delegate_error(name, command, stdout, status)
 
 

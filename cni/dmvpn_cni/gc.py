@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 
-from dmvpn_cni.config import NetConf
+from dmvpn_cni.config import NetConf, is_valid_name
 from dmvpn_cni.delegate import Attachment, find_plugin, invoke, supported_versions
 from dmvpn_cni.plugin import HOST_LOCAL, find_delegates, release_config, warn
 from dmvpn_cni.protocol import GC_INCOMPLETE, INVALID_CONFIG, CNIError, pick_delegate_version
@@ -110,9 +110,7 @@ def _forward_gc(
         return []
     delegate = dict(found[1])
     delegate["cniVersion"] = "1.1.0"
-    delegate["cni.dev/valid-attachments"] = [
-        {"containerID": cid, "ifname": ifname} for cid, ifname in sorted(valid)
-    ]
+    delegate["cni.dev/valid-attachments"] = [{"containerID": cid, "ifname": ifname} for cid, ifname in sorted(valid)]
     try:
         invoke(bridge, "GC", delegate, Attachment(), search_path)
     except CNIError as err:
@@ -131,9 +129,7 @@ def _release_leaked_allocations(
         warn(f"GC: keeping {len(leaked)} leaked allocation(s): no node state or record names the IPAM config")
         return []
     host_local = find_plugin(HOST_LOCAL, search_path)
-    version = pick_delegate_version(
-        conf.cni_version, supported_versions(host_local, conf.data_dir), HOST_LOCAL
-    )
+    version = pick_delegate_version(conf.cni_version, supported_versions(host_local, conf.data_dir), HOST_LOCAL)
     ipam_conf = {"cniVersion": version, "name": conf.name, "ipam": found[1]["ipam"]}
     failures = []
     for container_id, ifname in sorted(leaked):
@@ -163,14 +159,15 @@ def leaked_allocations(directory: str, valid: set[AttachmentKey], cutoff: float)
         try:
             if os.stat(path).st_mtime > cutoff:
                 continue
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                owner = handle.read().strip().split("\r\n")
+            with open(path, "rb") as handle:
+                owner = handle.read().decode("utf-8", "replace").split()
         except OSError:
             continue
-        container_id = owner[0].strip()
-        ifname = owner[1].strip() if len(owner) > 1 else ""
-        if not container_id:
-            continue
+        # "<containerID>\r\n<ifname>"; neither may contain whitespace, so split() parses both formats.
+        container_id = owner[0] if owner else ""
+        ifname = owner[1] if len(owner) > 1 else ""
+        if not is_valid_name(container_id) or len(owner) > 2:
+            continue  # not an allocation file we understand: never release what we cannot parse
         if (container_id, ifname) in valid or (not ifname and container_id in valid_containers):
             continue
         leaked.add((container_id, ifname))

@@ -127,9 +127,7 @@ def cmd_add(call: Invocation) -> JSONObject:
             "check the dataDir setting and that the directory is writable",
         ) from None
     try:
-        result = invoke(
-            bridge, "ADD", conf.with_request_fields(delegate, version), call.attachment(), call.env.path
-        )
+        result = invoke(bridge, "ADD", conf.with_request_fields(delegate, version), call.attachment(), call.env.path)
         if not isinstance(result, dict):
             raise CNIError(INTERNAL_ERROR, "bridge ADD printed no result object")
         return add_result(result, conf.cni_version, call.env.ifname, state.mtu)
@@ -152,9 +150,7 @@ def _with_sandbox_mtu(entry: object, ifname: str, mtu: int) -> object:
     return entry
 
 
-def undo_add(
-    call: Invocation, conf: NetConf, store: AttachmentStore, *, bridge: str, delegate: JSONObject
-) -> None:
+def undo_add(call: Invocation, conf: NetConf, store: AttachmentStore, *, bridge: str, delegate: JSONObject) -> None:
     """Leave nothing behind a failed ADD: veth, IPAM allocation and our record."""
     try:
         invoke(bridge, "DEL", delegate, call.attachment(), call.env.path)
@@ -190,9 +186,7 @@ def cmd_del(call: Invocation) -> None:
     store.remove(call.env.container_id, call.env.ifname)
 
 
-def release_config(
-    conf: NetConf, store: AttachmentStore, search_path: list[str]
-) -> tuple[str, JSONObject] | None:
+def release_config(conf: NetConf, store: AttachmentStore, search_path: list[str]) -> tuple[str, JSONObject] | None:
     """A delegate config good enough to release IPAM when the attachment's own record is gone.
 
     host-local releases by container ID and interface name, so any config naming this network's
@@ -291,9 +285,7 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[int, JSONObject | Non
         if handler is None:
             raise CNIError(
                 INVALID_ENVIRONMENT,
-                f"CNI_COMMAND {call.env.command!r} is not supported"
-                if call.env.command
-                else "CNI_COMMAND is not set",
+                f"CNI_COMMAND {call.env.command!r} is not supported" if call.env.command else "CNI_COMMAND is not set",
                 f"dmvpn understands {', '.join(HANDLERS)}",
             )
         return 0, handler(call)
@@ -314,9 +306,7 @@ def read_stdin(stream: BinaryIO | None) -> bytes:
     try:
         return stream.read()
     except OSError as err:
-        raise CNIError(
-            IO_FAILURE, f"cannot read the network configuration from stdin: {err.strerror}"
-        ) from None
+        raise CNIError(IO_FAILURE, f"cannot read the network configuration from stdin: {err.strerror}") from None
 
 
 def main() -> int:
