@@ -1,8 +1,11 @@
 """ADD+DEL latency of the dmvpn CNI plugin against bridge + host-local invoked directly.
 
 Both run in the same process, interleaved pod by pod, with the same bridge/host-local config
-(the one dmvpn generates), so the ratio shows what dmvpn's own work costs: a Python start-up,
-reading the node state, recording the attachment, converting the result. Goal: <= 1.5x.
+(the one dmvpn generates), so the ratio shows what dmvpn costs on top: a Python start-up, reading
+the node state, recording the attachment, converting the result. Goal: <= 1.5x. A third variant,
+"py-floor", only starts python3 the way our launcher does and execs bridge: the part of the
+overhead no Python plugin can avoid, to tell interpreter start-up from our own work. CPU time
+(plugin plus everything it ran) is reported too, as wall time suffers most on a busy host.
 
 Needs root and the reference plugins (Debian ``containernetworking-plugins``). Every network
 object lives in namespaces made here: a "node" namespace in which the plugins run (the bridge
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -107,31 +111,56 @@ def run_inner(args: argparse.Namespace) -> int:
     env = {"PATH": NODE_PATH, "CNI_PATH": f"{REFERENCE_PLUGINS}:{PLUGIN_DIR}", "CNI_IFNAME": "eth0"}
     if args.python:
         env["DMVPN_CNI_PYTHON"] = args.python
+    floor_conf = {**bridge_conf, "name": "floorbench", "bridge": "floorb-br0"}
+    floor_conf["ipam"] = {**bridge_conf["ipam"], "ranges": [[{"subnet": "10.244.252.0/24"}]]}
     plugins = {
         "dmvpn": (str(PLUGIN_DIR / "dmvpn"), ours_conf),
         "bridge": (str(REFERENCE_PLUGINS / "bridge"), bridge_conf),
+        "py-floor": (write_python_floor(workdir, args.python), floor_conf),
     }
-    timings: dict[str, dict[str, list[float]]] = {name: {"ADD": [], "DEL": []} for name in plugins}
+    samples: dict[str, dict[str, list[Sample]]] = {name: {"ADD": [], "DEL": []} for name in plugins}
     deadline = time.monotonic() + DEADLINE_SECONDS
     for index in range(args.pods + WARMUP_PODS):
         if time.monotonic() > deadline:
             print(f"deadline of {DEADLINE_SECONDS:.0f}s reached after {index} pods", file=sys.stderr)
             break
         netns = f"/run/netns/{tag}-p{index}"
-        # Alternate who goes first so neither side systematically gets the warmer caches.
-        order = list(plugins) if index % 2 == 0 else list(reversed(plugins))
+        # Rotate who goes first so no variant systematically gets the warmer caches.
+        names = list(plugins)
+        order = names[index % len(names) :] + names[: index % len(names)]
         for name in order:
             executable, conf = plugins[name]
             pod_env = {**env, "CNI_CONTAINERID": f"{name}-{index}", "CNI_NETNS": netns}
             for command in ("ADD", "DEL"):
-                elapsed = invoke(executable, command, conf, pod_env)
+                sample = invoke(executable, command, conf, pod_env)
                 if index >= WARMUP_PODS:
-                    timings[name][command].append(elapsed)
-    report(timings)
+                    samples[name][command].append(sample)
+    report(samples)
     return 0
 
 
-def invoke(executable: str, command: str, conf: dict[str, object], env: dict[str, str]) -> float:
+def write_python_floor(workdir: Path, python: str) -> str:
+    """The least any Python plugin costs: start the interpreter as our launcher does, exec bridge."""
+    floor = workdir / "python-floor"
+    interpreter = python or "python3"
+    floor.write_text(
+        f'#!/bin/sh\n"exec" "{interpreter}" "-I" "-S" "$0" "$@"\n'
+        f"import posix\nposix.execv({str(REFERENCE_PLUGINS / 'bridge')!r}, ['bridge'])\n"
+    )
+    floor.chmod(0o755)
+    return str(floor)
+
+
+class Sample:
+    """Wall time, and CPU time of the plugin and everything it ran (less sensitive to a busy host)."""
+
+    def __init__(self, wall: float, cpu: float) -> None:
+        self.wall = wall
+        self.cpu = cpu
+
+
+def invoke(executable: str, command: str, conf: dict[str, object], env: dict[str, str]) -> Sample:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
         [executable],
@@ -142,9 +171,11 @@ def invoke(executable: str, command: str, conf: dict[str, object], env: dict[str
         timeout=30,
     )
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{executable} {command} failed: {done.stdout.decode()} {done.stderr.decode()}")
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Sample(elapsed, cpu)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -152,25 +183,26 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def report(timings: dict[str, dict[str, list[float]]]) -> None:
-    totals = {name: [a + d for a, d in zip(t["ADD"], t["DEL"], strict=True)] for name, t in timings.items()}
-    pods = len(totals["dmvpn"])
-    print(f"pods measured: {pods} (after {WARMUP_PODS} warm-up pods)")
-    print(f"{'':18}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
-    for name, by_command in timings.items():
-        for label, values in (
-            ("ADD", by_command["ADD"]),
-            ("DEL", by_command["DEL"]),
-            ("ADD+DEL", totals[name]),
-        ):
-            row = f"{name} {label}"
+def report(samples: dict[str, dict[str, list[Sample]]]) -> None:
+    wall = {name: {cmd: [s.wall for s in got] for cmd, got in by.items()} for name, by in samples.items()}
+    cpu = {name: [a.cpu + d.cpu for a, d in zip(by["ADD"], by["DEL"], strict=True)] for name, by in samples.items()}
+    totals = {name: [a + d for a, d in zip(by["ADD"], by["DEL"], strict=True)] for name, by in wall.items()}
+    print(f"pods measured: {len(totals['dmvpn'])} (after {WARMUP_PODS} warm-up pods), load {os.getloadavg()[0]:.1f}")
+    print(f"{'':20}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}")
+    for name, by_command in wall.items():
+        rows = (("ADD", by_command["ADD"]), ("DEL", by_command["DEL"]), ("ADD+DEL", totals[name]))
+        for label, values in (*rows, ("ADD+DEL cpu", cpu[name])):
             print(
-                f"{row:18}{percentile(values, 0.5) * 1000:10.1f}{percentile(values, 0.95) * 1000:10.1f}"
-                f"{statistics.fmean(values) * 1000:10.1f}"
+                f"{name + ' ' + label:20}{percentile(values, 0.5) * 1000:9.1f}"
+                f"{percentile(values, 0.95) * 1000:9.1f}{statistics.fmean(values) * 1000:9.1f}"
             )
     for label, fraction in (("p50", 0.5), ("p95", 0.95)):
         ratio = percentile(totals["dmvpn"], fraction) / percentile(totals["bridge"], fraction)
         print(f"ratio dmvpn/bridge ADD+DEL {label}: {ratio:.2f}x (goal <= 1.5x)")
+    floor = percentile(totals["py-floor"], 0.5) / percentile(totals["bridge"], 0.5)
+    print(f"  for scale: bare python3 start + bridge (py-floor)/bridge p50: {floor:.2f}x")
+    own = (percentile(totals["dmvpn"], 0.5) - percentile(totals["py-floor"], 0.5)) * 1000 / 2
+    print(f"  dmvpn's own work beyond interpreter start, per call (p50): {own:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-from dmvpn_cni import jsonio
+from dmvpn_cni import fastos, jsonio
 from dmvpn_cni.protocol import (
     DECODE_FAILURE,
     INCOMPATIBLE_VERSION,
@@ -60,7 +58,7 @@ class CniEnv:
         self.netns = environ.get("CNI_NETNS", "")
         self.ifname = environ.get("CNI_IFNAME", "")
         self.args = environ.get("CNI_ARGS", "")
-        self.path = [entry for entry in environ.get("CNI_PATH", "").split(os.pathsep) if entry]
+        self.path = [entry for entry in environ.get("CNI_PATH", "").split(fastos.PATHSEP) if entry]
 
     def require_attachment(self, need_netns: bool) -> None:
         """ADD/CHECK need the netns; DEL may come after the sandbox is gone (spec 1.1)."""

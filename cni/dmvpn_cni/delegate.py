@@ -2,15 +2,13 @@
 
 The exec protocol: find the executable by name in CNI_PATH, start it with the CNI_* variables
 and the config on stdin, read its stdout; exit status 0 means a result (or nothing), anything
-else means an error JSON. We spawn with ``os.posix_spawn`` instead of ``subprocess``, which
+else means an error JSON. We spawn with ``posix_spawn`` instead of ``subprocess``, which
 would add several milliseconds of imports to every pod start.
 """
 
 from __future__ import annotations
 
-import os
-
-from dmvpn_cni import jsonio
+from dmvpn_cni import fastos, jsonio
 from dmvpn_cni.protocol import INTERNAL_ERROR, INVALID_ENVIRONMENT, CNIError
 
 TYPE_CHECKING = False
@@ -24,18 +22,18 @@ if TYPE_CHECKING:
 # does (Python ignores it); importing ``signal`` for the name would load ``enum``.
 _SIGPIPE = 13
 _VERSION_CACHE_FILE = "delegate-versions.json"
-_ATTACHMENT_VARIABLES = ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS")
+_ATTACHMENT_VARIABLES = (b"CNI_CONTAINERID", b"CNI_NETNS", b"CNI_IFNAME", b"CNI_ARGS")
 
 
 def find_plugin(name: str, search_path: list[str]) -> str:
     for directory in search_path:
-        candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        candidate = fastos.join(directory, name)
+        if fastos.is_executable_file(candidate):
             return candidate
     raise CNIError(
         INVALID_ENVIRONMENT,
         f"cannot find the {name} plugin in CNI_PATH",
-        f"searched {os.pathsep.join(search_path) or '(nothing)'}; dmvpn delegates to the reference plugins "
+        f"searched {fastos.PATHSEP.join(search_path) or '(nothing)'}; dmvpn delegates to the reference plugins "
         "bridge and host-local, install them (containernetworking-plugins) into one of these directories",
     )
 
@@ -49,12 +47,12 @@ class Attachment:
         self.ifname = ifname
         self.args = args
 
-    def variables(self) -> dict[str, str]:
+    def variables(self) -> dict[bytes, str]:
         return {
-            "CNI_CONTAINERID": self.container_id,
-            "CNI_NETNS": self.netns,
-            "CNI_IFNAME": self.ifname,
-            "CNI_ARGS": self.args,
+            b"CNI_CONTAINERID": self.container_id,
+            b"CNI_NETNS": self.netns,
+            b"CNI_IFNAME": self.ifname,
+            b"CNI_ARGS": self.args,
         }
 
 
@@ -62,9 +60,9 @@ def invoke(
     plugin: str, command: str, conf: JSONObject, attachment: Attachment, search_path: list[str]
 ) -> object | None:
     """Run ``plugin`` for ``command``; return its parsed stdout, or raise its error as a CNIError."""
-    env = _delegate_environment(os.environ, command, attachment, search_path)
+    env = _delegate_environment(fastos.environ_bytes(), command, attachment, search_path)
     stdout, status = _spawn(plugin, jsonio.dumps(conf).encode(), env)
-    name = os.path.basename(plugin)
+    name = fastos.basename(plugin)
     if status == 0:
         text = stdout.decode("utf-8", "replace").strip()
         if not text:
@@ -77,14 +75,15 @@ def invoke(
 
 
 def _delegate_environment(
-    base: Mapping[str, str], command: str, attachment: Attachment, search_path: list[str]
-) -> dict[str, str]:
+    base: Mapping[bytes, bytes], command: str, attachment: Attachment, search_path: list[str]
+) -> dict[bytes, bytes]:
+    """Our own environment (the runtime's) with this call's CNI_* variables."""
     env = {key: value for key, value in base.items() if key not in _ATTACHMENT_VARIABLES}
-    env["CNI_COMMAND"] = command
-    env["CNI_PATH"] = os.pathsep.join(search_path)
+    env[b"CNI_COMMAND"] = command.encode()
+    env[b"CNI_PATH"] = fastos.PATHSEP.join(search_path).encode("utf-8", "surrogateescape")
     for key, value in attachment.variables().items():
         if value:
-            env[key] = value
+            env[key] = value.encode("utf-8", "surrogateescape")
     return env
 
 
@@ -107,46 +106,46 @@ def _delegate_error(name: str, command: str, stdout: bytes, status: int) -> CNIE
     return CNIError(INTERNAL_ERROR, f"{name} {command} failed with {how}", text[:2000])
 
 
-def _spawn(path: str, stdin_data: bytes, env: dict[str, str]) -> tuple[bytes, int]:
+def _spawn(path: str, stdin_data: bytes, env: dict[bytes, bytes]) -> tuple[bytes, int]:
     """Start ``path`` with a pipe on stdin and stdout (stderr is shared: it is for logs)."""
-    in_read, in_write = os.pipe()
-    out_read, out_write = os.pipe()
+    in_read, in_write = fastos.pipe()
+    out_read, out_write = fastos.pipe()
     try:
-        pid = os.posix_spawn(
+        pid = fastos.posix_spawn(
             path,
             [path],
             env,
-            file_actions=[(os.POSIX_SPAWN_DUP2, in_read, 0), (os.POSIX_SPAWN_DUP2, out_write, 1)],
+            file_actions=[(fastos.POSIX_SPAWN_DUP2, in_read, 0), (fastos.POSIX_SPAWN_DUP2, out_write, 1)],
             setsigdef=(_SIGPIPE,),
         )
     except OSError as err:
         for fd in (in_read, in_write, out_read, out_write):
-            os.close(fd)
+            fastos.close(fd)
         raise CNIError(INTERNAL_ERROR, f"cannot run {path}: {err.strerror}") from None
-    os.close(in_read)
-    os.close(out_write)
+    fastos.close(in_read)
+    fastos.close(out_write)
     try:
         _write_all(in_write, stdin_data)
     finally:
-        os.close(in_write)
+        fastos.close(in_write)
     chunks = []
     try:
         while True:
-            chunk = os.read(out_read, 65536)
+            chunk = fastos.read(out_read, 65536)
             if not chunk:
                 break
             chunks.append(chunk)
     finally:
-        os.close(out_read)
-        _, wait_status = os.waitpid(pid, 0)
-    return b"".join(chunks), os.waitstatus_to_exitcode(wait_status)
+        fastos.close(out_read)
+        _, wait_status = fastos.waitpid(pid, 0)
+    return b"".join(chunks), fastos.waitstatus_to_exitcode(wait_status)
 
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     try:
         while view:
-            view = view[os.write(fd, view) :]
+            view = view[fastos.write(fd, view) :]
     except BrokenPipeError:
         pass  # the child exited without reading its config; its exit status tells why
 
@@ -154,11 +153,11 @@ def _write_all(fd: int, data: bytes) -> None:
 def supported_versions(plugin: str, cache_dir: str) -> list[str]:
     """The spec versions ``plugin`` speaks, remembered per binary so a pod start costs no extra exec."""
     try:
-        info = os.stat(plugin)
+        info = fastos.stat(plugin)
     except OSError as err:
         raise CNIError(INTERNAL_ERROR, f"cannot stat {plugin}: {err.strerror}") from None
     stamp = [info.st_ino, info.st_size, info.st_mtime_ns]
-    cache_path = os.path.join(cache_dir, _VERSION_CACHE_FILE)
+    cache_path = fastos.join(cache_dir, _VERSION_CACHE_FILE)
     cache = _read_cache(cache_path)
     entry = cache.get(plugin)
     if isinstance(entry, dict) and entry.get("stamp") == stamp:
@@ -172,7 +171,7 @@ def supported_versions(plugin: str, cache_dir: str) -> list[str]:
 
 
 def _query_versions(plugin: str) -> list[str]:
-    answer = invoke(plugin, "VERSION", {"cniVersion": "1.0.0"}, Attachment(), [os.path.dirname(plugin)])
+    answer = invoke(plugin, "VERSION", {"cniVersion": "1.0.0"}, Attachment(), [fastos.dirname(plugin)])
     versions = answer.get("supportedVersions") if isinstance(answer, dict) else None
     if not isinstance(versions, list) or not all(isinstance(item, str) for item in versions):
         raise CNIError(INTERNAL_ERROR, f"{plugin} VERSION did not list supportedVersions", repr(answer)[:500])
@@ -190,18 +189,18 @@ def _read_cache(path: str) -> JSONObject:
 
 def _write_cache(path: str, cache: JSONObject) -> None:
     """Best effort: a lost cache only costs one VERSION exec next time."""
-    temporary = f"{path}.{os.getpid()}.tmp"
+    temporary = f"{path}.{fastos.getpid()}.tmp"
     try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fastos.makedirs(fastos.dirname(path), 0o700)
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(jsonio.dumps(cache))
-        os.replace(temporary, path)
+        fastos.replace(temporary, path)
     except OSError:
         _remove_quietly(temporary)
 
 
 def _remove_quietly(path: str) -> None:
     try:
-        os.unlink(path)
+        fastos.unlink(path)
     except OSError:
         return

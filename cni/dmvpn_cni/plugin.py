@@ -9,10 +9,9 @@ converted between spec versions, and a failed ADD is rolled back completely.
 
 from __future__ import annotations
 
-import os
 import sys
 
-from dmvpn_cni import jsonio
+from dmvpn_cni import fastos, jsonio
 from dmvpn_cni.config import (
     CniEnv,
     NetConf,
@@ -316,7 +315,7 @@ def main() -> int:
     except CNIError as err:
         status, body = 1, err.to_json_object(LATEST_VERSION)
     else:
-        status, body = run(os.environ, stdin)
+        status, body = run(fastos.cni_environ(), stdin)
     if body is not None:
         sys.stdout.write(jsonio.dumps(body))
         sys.stdout.write("\n")

@@ -7,9 +7,7 @@ name unambiguously even though interface names may contain one.
 
 from __future__ import annotations
 
-import os
-
-from dmvpn_cni import jsonio
+from dmvpn_cni import fastos, jsonio
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,27 +63,27 @@ class AttachmentRecord:
 
 class AttachmentStore:
     def __init__(self, data_dir: str, network: str) -> None:
-        self.directory = os.path.join(data_dir, network)
+        self.directory = fastos.join(data_dir, network)
 
     def path(self, container_id: str, ifname: str) -> str:
-        return os.path.join(self.directory, f"{container_id}@{ifname}{_SUFFIX}")
+        return fastos.join(self.directory, f"{container_id}@{ifname}{_SUFFIX}")
 
     def save(self, record: AttachmentRecord) -> None:
         """Write atomically: a reader sees the old record, the new one, or none, never a torn file."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        fastos.makedirs(self.directory, 0o700)
         final = self.path(record.container_id, record.ifname)
-        temporary = f"{final}.{os.getpid()}.tmp"
+        temporary = f"{final}.{fastos.getpid()}.tmp"
         data = jsonio.dumps(record.to_json_object()).encode()
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = fastos.open_fd(temporary, fastos.O_WRONLY | fastos.O_CREAT | fastos.O_TRUNC | fastos.O_CLOEXEC, 0o600)
         try:
             try:
-                os.write(fd, data)
+                fastos.write(fd, data)
                 # A reboot must not leave an empty record behind a rename: DEL after a node
                 # restart is exactly when the record matters.
-                os.fsync(fd)
+                fastos.fsync(fd)
             finally:
-                os.close(fd)
-            os.replace(temporary, final)
+                fastos.close(fd)
+            fastos.replace(temporary, final)
         except BaseException:
             _unlink_quietly(temporary)
             raise
@@ -97,7 +95,7 @@ class AttachmentStore:
     def _load_path(self, path: str) -> AttachmentRecord | None:
         try:
             with open(path, "rb") as handle:
-                mtime = os.fstat(handle.fileno()).st_mtime
+                mtime = fastos.fstat(handle.fileno()).st_mtime
                 raw = handle.read()
             return AttachmentRecord.from_json_object(jsonio.loads(raw.decode("utf-8")), mtime)
         except (OSError, ValueError):
@@ -109,25 +107,25 @@ class AttachmentStore:
     def scan(self) -> list[StoredFile]:
         """Every file of this network: loadable records, and leftovers (torn temporaries, garbage)."""
         try:
-            names = sorted(os.listdir(self.directory))
+            names = sorted(fastos.listdir(self.directory))
         except FileNotFoundError:
             return []
         found = []
         for name in names:
-            path = os.path.join(self.directory, name)
+            path = fastos.join(self.directory, name)
             record = self._load_path(path) if name.endswith(_SUFFIX) else None
             if record is not None:
                 mtime = record.mtime
             else:
                 try:
-                    mtime = os.stat(path).st_mtime
+                    mtime = fastos.stat(path).st_mtime
                 except OSError:
                     continue
             found.append(StoredFile(name, record, mtime))
         return found
 
     def remove_name(self, name: str) -> None:
-        _unlink_quietly(os.path.join(self.directory, name))
+        _unlink_quietly(fastos.join(self.directory, name))
 
 
 class StoredFile:
@@ -139,6 +137,6 @@ class StoredFile:
 
 def _unlink_quietly(path: str) -> None:
     try:
-        os.unlink(path)
+        fastos.unlink(path)
     except FileNotFoundError:
         return

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from cnitest import PLUGIN, Node
 
-# Each of these costs milliseconds of start-up (json pulls in re and enum); ADD/DEL must not need them.
-HEAVY = {"json", "re", "enum", "typing", "subprocess", "ipaddress", "dataclasses", "signal", "socket", "shutil"}
+# Each of these costs a millisecond or more of start-up (json pulls in re and enum); ADD/DEL must not need them.
+HEAVY = {"os", "json", "re", "enum", "typing", "subprocess", "ipaddress", "dataclasses", "signal", "socket", "shutil"}
 OWN_PACKAGE = "dmvpn_cni"
 
 
