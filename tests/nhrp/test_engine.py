@@ -67,7 +67,7 @@ class Wire:
 
 
 @dataclass
-class Lab:
+class SimNet:
     """Engines keyed by the NBMA address others reach them at; a fake clock; optional NAT."""
 
     now: float = 0.0
@@ -157,24 +157,25 @@ def spoke_config(protocol: IPv4Address, nbma: IPv4Address, **overrides: object) 
 
 
 @pytest.fixture
-def lab() -> Lab:
-    return Lab()
+def net() -> SimNet:
+    """A simulated NBMA network (named so as not to shadow the kernel lab's ``lab`` fixture)."""
+    return SimNet()
 
 
-def hub_and_two_spokes(lab: Lab, **spoke_overrides: object) -> tuple[Engine, Engine, Engine]:
-    hub = lab.add(hub_config())
-    a = lab.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, site_prefixes=(SITE_A,), **spoke_overrides))
-    b = lab.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, site_prefixes=(SITE_B,), **spoke_overrides))
-    lab.start()
+def hub_and_two_spokes(net: SimNet, **spoke_overrides: object) -> tuple[Engine, Engine, Engine]:
+    hub = net.add(hub_config())
+    a = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, site_prefixes=(SITE_A,), **spoke_overrides))
+    b = net.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, site_prefixes=(SITE_B,), **spoke_overrides))
+    net.start()
     return hub, a, b
 
 
 # --- registration ---------------------------------------------------------------------------------
 
 
-def test_spoke_registers_itself_and_its_site_prefix(lab: Lab) -> None:
-    hub, a, _ = hub_and_two_spokes(lab)
-    request = lab.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_A_NBMA)[0].packet
+def test_spoke_registers_itself_and_its_site_prefix(net: SimNet) -> None:
+    hub, a, _ = hub_and_two_spokes(net)
+    request = net.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_A_NBMA)[0].packet
     assert isinstance(request, Message)
     assert request.flags & RegistrationFlag.UNIQUE
     assert [(c.prefix_length, c.client_protocol) for c in request.cies] == [(32, None), (16, A("10.10.0.0"))]
@@ -183,93 +184,93 @@ def test_spoke_registers_itself_and_its_site_prefix(lab: Lab) -> None:
     assert registered is not None and registered.type == EntryType.DYNAMIC
     assert (registered.nbma, registered.next_hop) == (SPOKE_A_NBMA, SPOKE_A)
     assert hub.cache.get(ip_network(SPOKE_A)).nbma == SPOKE_A_NBMA  # type: ignore[union-attr]
-    assert [e.up for e in lab.of(SPOKE_A_NBMA, NHSStateChanged)] == [True]  # type: ignore[attr-defined]
+    assert [e.up for e in net.of(SPOKE_A_NBMA, NHSStateChanged)] == [True]  # type: ignore[attr-defined]
     assert a.nhs[0].up
-    hub_events = [a for a in lab.of(HUB_NBMA, CacheChanged) if a.entry.type == EntryType.DYNAMIC]  # type: ignore[attr-defined]
+    hub_events = [a for a in net.of(HUB_NBMA, CacheChanged) if a.entry.type == EntryType.DYNAMIC]  # type: ignore[attr-defined]
     assert {e.entry.prefix for e in hub_events} >= {SITE_A, ip_network(SPOKE_A)}  # type: ignore[attr-defined]
     assert a.cache.get(ip_network(HUB)).type == EntryType.NHS  # type: ignore[union-attr]
     assert hub.counters.events["registration_accepted"] == 4
 
 
-def test_refresh_at_a_third_of_the_holding_time(lab: Lab) -> None:
-    hub_and_two_spokes(lab, holding_time=600)
-    assert len(lab.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_A_NBMA)) == 1
-    lab.advance(199)
-    assert len(lab.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_A_NBMA)) == 1
-    lab.advance(1)
-    assert len(lab.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_A_NBMA)) == 2
-    lab.advance(200)
-    assert len(lab.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_A_NBMA)) == 3
+def test_refresh_at_a_third_of_the_holding_time(net: SimNet) -> None:
+    hub_and_two_spokes(net, holding_time=600)
+    assert len(net.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_A_NBMA)) == 1
+    net.advance(199)
+    assert len(net.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_A_NBMA)) == 1
+    net.advance(1)
+    assert len(net.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_A_NBMA)) == 2
+    net.advance(200)
+    assert len(net.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_A_NBMA)) == 3
 
 
-def test_registration_retries_back_off_from_1_to_64_seconds(lab: Lab) -> None:
-    lab.add(hub_config())
-    spoke = lab.add(spoke_config(SPOKE_A, SPOKE_A_NBMA))
-    lab.cut.add(HUB_NBMA)
-    lab.start()
+def test_registration_retries_back_off_from_1_to_64_seconds(net: SimNet) -> None:
+    net.add(hub_config())
+    spoke = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA))
+    net.cut.add(HUB_NBMA)
+    net.start()
     times = [0.0]
     for _ in range(11):
         deadline = spoke.next_deadline()
         assert deadline is not None
-        lab.advance(deadline - lab.now)
-        times.append(lab.now)
+        net.advance(deadline - net.now)
+        times.append(net.now)
     gaps = [round(later - earlier, 3) for earlier, later in itertools.pairwise(times)]
     assert gaps == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 64.0, 64.0, 64.0, 64.0]
-    assert len(lab.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_A_NBMA)) == 12
+    assert len(net.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_A_NBMA)) == 12
     assert not spoke.nhs[0].up
 
 
-def test_nhs_down_after_unanswered_refreshes_then_up_again(lab: Lab) -> None:
-    hub_and_two_spokes(lab, holding_time=300)
-    lab.cut.add(HUB_NBMA)
-    lab.advance(100)  # the refresh goes unanswered; retries at +1, +3, +7 s, down at the 4th (+15 s)
-    lab.advance(14.5)
-    assert len(lab.of(SPOKE_A_NBMA, NHSStateChanged)) == 1
-    lab.advance(1)
-    states = [(e.up, e.reason) for e in lab.of(SPOKE_A_NBMA, NHSStateChanged)]  # type: ignore[attr-defined]
+def test_nhs_down_after_unanswered_refreshes_then_up_again(net: SimNet) -> None:
+    hub_and_two_spokes(net, holding_time=300)
+    net.cut.add(HUB_NBMA)
+    net.advance(100)  # the refresh goes unanswered; retries at +1, +3, +7 s, down at the 4th (+15 s)
+    net.advance(14.5)
+    assert len(net.of(SPOKE_A_NBMA, NHSStateChanged)) == 1
+    net.advance(1)
+    states = [(e.up, e.reason) for e in net.of(SPOKE_A_NBMA, NHSStateChanged)]  # type: ignore[attr-defined]
     assert states == [(True, "registered"), (False, "no registration reply")]
-    lab.cut.clear()
-    lab.advance(20)
-    assert lab.of(SPOKE_A_NBMA, NHSStateChanged)[-1].up  # type: ignore[attr-defined]
+    net.cut.clear()
+    net.advance(20)
+    assert net.of(SPOKE_A_NBMA, NHSStateChanged)[-1].up  # type: ignore[attr-defined]
 
 
-def test_registration_expires_on_the_hub(lab: Lab) -> None:
-    hub, _, _ = hub_and_two_spokes(lab, holding_time=300)
-    lab.cut.add(SPOKE_A_NBMA)
-    lab.advance(299)
+def test_registration_expires_on_the_hub(net: SimNet) -> None:
+    hub, _, _ = hub_and_two_spokes(net, holding_time=300)
+    net.cut.add(SPOKE_A_NBMA)
+    net.advance(299)
     assert hub.cache.get(SITE_A) is not None
-    lab.advance(2)
+    net.advance(2)
     assert hub.cache.get(SITE_A) is None
     removed = [
         e.entry.prefix  # type: ignore[attr-defined]
-        for e in lab.of(HUB_NBMA, CacheChanged)
+        for e in net.of(HUB_NBMA, CacheChanged)
         if e.kind == ChangeKind.REMOVED  # type: ignore[attr-defined]
     ]
     assert SITE_A in removed and ip_network(SPOKE_A) in removed
 
 
-def test_dual_nhs_each_tracked_separately(lab: Lab) -> None:
-    lab.add(hub_config())
-    hub2 = lab.add(hub_config(protocol_address=HUB2, nbma_address=HUB2_NBMA))
+def test_dual_nhs_each_tracked_separately(net: SimNet) -> None:
+    net.add(hub_config())
+    hub2 = net.add(hub_config(protocol_address=HUB2, nbma_address=HUB2_NBMA))
     nhs = (NHSConfig(nbma=HUB_NBMA, protocol=HUB), NHSConfig(nbma=HUB2_NBMA))  # hub 2 learned dynamically
-    spoke = lab.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, nhs=nhs, holding_time=300))
-    lab.start()
+    spoke = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, nhs=nhs, holding_time=300))
+    net.start()
     assert [r.up for r in spoke.nhs] == [True, True]
     assert spoke.nhs[1].protocol == HUB2
     assert hub2.cache.get(ip_network(SPOKE_A)) is not None
-    lab.cut.add(HUB_NBMA)
-    lab.advance(120)
+    net.cut.add(HUB_NBMA)
+    net.advance(120)
     assert [r.up for r in spoke.nhs] == [False, True]
-    lab.call(spoke, spoke.resolve, A("10.99.0.1"))
-    assert lab.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)[-1].dst == HUB2_NBMA
+    net.call(spoke, spoke.resolve, A("10.99.0.1"))
+    assert net.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)[-1].dst == HUB2_NBMA
 
 
-def test_unique_address_registered_from_another_nbma_is_refused_with_code_14(lab: Lab) -> None:
-    hub = lab.add(hub_config())
-    lab.add(spoke_config(SPOKE_A, SPOKE_A_NBMA))
-    impostor = lab.add(spoke_config(SPOKE_A, SPOKE_C_NBMA))
-    lab.start()
-    replies = lab.sent(PacketType.REGISTRATION_REPLY, dst=SPOKE_C_NBMA)
+def test_unique_address_registered_from_another_nbma_is_refused_with_code_14(net: SimNet) -> None:
+    hub = net.add(hub_config())
+    net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA))
+    impostor = net.add(spoke_config(SPOKE_A, SPOKE_C_NBMA))
+    net.start()
+    replies = net.sent(PacketType.REGISTRATION_REPLY, dst=SPOKE_C_NBMA)
     assert replies and isinstance(replies[0].packet, Message)
     assert replies[0].packet.cies[0].code == CIECode.UNIQUE_ADDRESS_REGISTERED
     assert not impostor.nhs[0].up
@@ -277,105 +278,105 @@ def test_unique_address_registered_from_another_nbma_is_refused_with_code_14(lab
     assert hub.counters.events["registration_unique_conflict"] == 1
 
 
-def test_prefix_registrations_broader_than_the_minimum_are_refused(lab: Lab) -> None:
-    hub = lab.add(hub_config())
-    lab.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, site_prefixes=(ip_network("10.0.0.0/7"),)))
-    lab.start()
-    reply = lab.sent(PacketType.REGISTRATION_REPLY)[0].packet
+def test_prefix_registrations_broader_than_the_minimum_are_refused(net: SimNet) -> None:
+    hub = net.add(hub_config())
+    net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, site_prefixes=(ip_network("10.0.0.0/7"),)))
+    net.start()
+    reply = net.sent(PacketType.REGISTRATION_REPLY)[0].packet
     assert isinstance(reply, Message)
     assert [c.code for c in reply.cies] == [CIECode.SUCCESS, CIECode.ADMINISTRATIVELY_PROHIBITED]
     assert hub.cache.get(ip_network("10.0.0.0/7")) is None
-    assert lab.nodes[SPOKE_A_NBMA].nhs[0].up
+    assert net.nodes[SPOKE_A_NBMA].nhs[0].up
 
 
 # --- resolution -----------------------------------------------------------------------------------
 
 
-def test_phase3_resolution_builds_shortcuts_in_both_directions(lab: Lab) -> None:
-    hub, a, b = hub_and_two_spokes(lab)
-    lab.call(a, a.resolve, A("10.20.0.5"))
-    request = lab.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)[0]
+def test_phase3_resolution_builds_shortcuts_in_both_directions(net: SimNet) -> None:
+    hub, a, b = hub_and_two_spokes(net)
+    net.call(a, a.resolve, A("10.20.0.5"))
+    request = net.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)[0]
     assert request.dst == HUB_NBMA
-    forwarded = lab.sent(PacketType.RESOLUTION_REQUEST, src=HUB_NBMA)[0]
+    forwarded = net.sent(PacketType.RESOLUTION_REQUEST, src=HUB_NBMA)[0]
     assert forwarded.dst == SPOKE_B_NBMA
     assert forwarded.packet.hop_count == request.packet.hop_count - 1
     transit = find_extension(forwarded.packet, ForwardTransitNHS)
     assert transit is not None and [c.client_protocol for c in transit.cies] == [HUB]
-    reply = lab.sent(PacketType.RESOLUTION_REPLY)[0]
+    reply = net.sent(PacketType.RESOLUTION_REPLY)[0]
     assert (reply.src, reply.dst) == (SPOKE_B_NBMA, SPOKE_A_NBMA)  # straight back, not via the hub
     assert isinstance(reply.packet, Message) and reply.packet.flags & ResolutionFlag.A
     shortcut = a.cache.get(SITE_B)
     assert shortcut is not None and shortcut.type == EntryType.SHORTCUT
     assert (shortcut.nbma, shortcut.next_hop) == (SPOKE_B_NBMA, SPOKE_B)
     assert a.cache.get(ip_network(SPOKE_B)).nbma == SPOKE_B_NBMA  # type: ignore[union-attr]
-    done = lab.of(SPOKE_A_NBMA, ResolutionDone)
+    done = net.of(SPOKE_A_NBMA, ResolutionDone)
     assert len(done) == 1 and done[0].entry.prefix == SITE_B  # type: ignore[attr-defined]
     reverse = b.cache.get(ip_network(SPOKE_A))
     assert reverse is not None and reverse.type == EntryType.CACHED and reverse.nbma == SPOKE_A_NBMA
     assert hub.counters.events["resolution_forwarded"] == 1
 
 
-def test_responder_answers_even_when_it_already_has_a_shortcut(lab: Lab) -> None:
+def test_responder_answers_even_when_it_already_has_a_shortcut(net: SimNet) -> None:
     """FRR issue 4845: a spoke with a shortcut stopped answering, leaving the reverse via the hub."""
-    _, a, b = hub_and_two_spokes(lab)
-    lab.call(a, a.resolve, A("10.20.0.5"))
-    lab.call(b, b.resolve, A("10.10.0.5"))
-    replies = lab.sent(PacketType.RESOLUTION_REPLY, src=SPOKE_A_NBMA)
+    _, a, b = hub_and_two_spokes(net)
+    net.call(a, a.resolve, A("10.20.0.5"))
+    net.call(b, b.resolve, A("10.10.0.5"))
+    replies = net.sent(PacketType.RESOLUTION_REPLY, src=SPOKE_A_NBMA)
     assert replies and replies[0].dst == SPOKE_B_NBMA
     assert b.cache.get(SITE_A).type == EntryType.SHORTCUT  # type: ignore[union-attr]
 
 
-def test_cached_result_is_returned_without_asking(lab: Lab) -> None:
-    _, a, _ = hub_and_two_spokes(lab)
-    lab.call(a, a.resolve, A("10.20.0.5"))
-    before = len(lab.wire)
-    lab.call(a, a.resolve, A("10.20.9.9"))
-    assert len(lab.wire) == before
-    assert len(lab.of(SPOKE_A_NBMA, ResolutionDone)) == 2
+def test_cached_result_is_returned_without_asking(net: SimNet) -> None:
+    _, a, _ = hub_and_two_spokes(net)
+    net.call(a, a.resolve, A("10.20.0.5"))
+    before = len(net.wire)
+    net.call(a, a.resolve, A("10.20.9.9"))
+    assert len(net.wire) == before
+    assert len(net.of(SPOKE_A_NBMA, ResolutionDone)) == 2
 
 
-def test_unknown_destination_gets_a_nak_and_a_negative_entry(lab: Lab) -> None:
-    _, a, _ = hub_and_two_spokes(lab)
-    lab.call(a, a.resolve, A("10.99.0.1"))
-    failed = lab.of(SPOKE_A_NBMA, ResolutionFailed)
+def test_unknown_destination_gets_a_nak_and_a_negative_entry(net: SimNet) -> None:
+    _, a, _ = hub_and_two_spokes(net)
+    net.call(a, a.resolve, A("10.99.0.1"))
+    failed = net.of(SPOKE_A_NBMA, ResolutionFailed)
     assert [(f.reason, f.code) for f in failed] == [("nak", CIECode.NO_BINDING_EXISTS)]  # type: ignore[attr-defined]
     assert a.cache.get(ip_network("10.99.0.1/32")).type == EntryType.NEGATIVE  # type: ignore[union-attr]
-    sent = len(lab.sent(PacketType.RESOLUTION_REQUEST))
-    lab.call(a, a.resolve, A("10.99.0.1"))
-    assert len(lab.sent(PacketType.RESOLUTION_REQUEST)) == sent
-    assert lab.of(SPOKE_A_NBMA, ResolutionFailed)[-1].reason == "negative-cache"  # type: ignore[attr-defined]
-    lab.advance(31)
-    lab.call(a, a.resolve, A("10.99.0.1"))
-    assert len(lab.sent(PacketType.RESOLUTION_REQUEST)) == sent + 1
+    sent = len(net.sent(PacketType.RESOLUTION_REQUEST))
+    net.call(a, a.resolve, A("10.99.0.1"))
+    assert len(net.sent(PacketType.RESOLUTION_REQUEST)) == sent
+    assert net.of(SPOKE_A_NBMA, ResolutionFailed)[-1].reason == "negative-cache"  # type: ignore[attr-defined]
+    net.advance(31)
+    net.call(a, a.resolve, A("10.99.0.1"))
+    assert len(net.sent(PacketType.RESOLUTION_REQUEST)) == sent + 1
 
 
-def test_resolution_retries_then_times_out_into_the_negative_cache(lab: Lab) -> None:
-    _, a, _ = hub_and_two_spokes(lab)
-    lab.cut.add(SPOKE_B_NBMA)
-    lab.call(a, a.resolve, A("10.20.0.5"))
-    lab.advance(0.5)
-    assert len(lab.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)) == 1
-    lab.advance(20)
-    assert len(lab.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)) == 4
-    assert [f.reason for f in lab.of(SPOKE_A_NBMA, ResolutionFailed)] == ["timeout"]  # type: ignore[attr-defined]
-    assert a.cache.lookup(A("10.20.0.5"), lab.now).type == EntryType.NEGATIVE  # type: ignore[union-attr]
+def test_resolution_retries_then_times_out_into_the_negative_cache(net: SimNet) -> None:
+    _, a, _ = hub_and_two_spokes(net)
+    net.cut.add(SPOKE_B_NBMA)
+    net.call(a, a.resolve, A("10.20.0.5"))
+    net.advance(0.5)
+    assert len(net.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)) == 1
+    net.advance(20)
+    assert len(net.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)) == 4
+    assert [f.reason for f in net.of(SPOKE_A_NBMA, ResolutionFailed)] == ["timeout"]  # type: ignore[attr-defined]
+    assert a.cache.lookup(A("10.20.0.5"), net.now).type == EntryType.NEGATIVE  # type: ignore[union-attr]
 
 
-def test_no_nhs_up_fails_at_once(lab: Lab) -> None:
-    spoke = lab.add(spoke_config(SPOKE_A, SPOKE_A_NBMA))
-    lab.call(spoke, spoke.resolve, A("10.20.0.5"))
-    assert lab.of(SPOKE_A_NBMA, ResolutionFailed)[0].reason == "no-nhs"  # type: ignore[attr-defined]
+def test_no_nhs_up_fails_at_once(net: SimNet) -> None:
+    spoke = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA))
+    net.call(spoke, spoke.resolve, A("10.20.0.5"))
+    assert net.of(SPOKE_A_NBMA, ResolutionFailed)[0].reason == "no-nhs"  # type: ignore[attr-defined]
 
 
-def test_shortcut_expires_with_the_responders_holding_time(lab: Lab) -> None:
-    hub = lab.add(hub_config(holding_time=600))
-    a = lab.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, holding_time=600))
-    lab.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, site_prefixes=(SITE_B,), holding_time=90))
-    lab.start()
-    lab.call(a, a.resolve, A("10.20.0.5"))
-    lab.advance(89)
+def test_shortcut_expires_with_the_responders_holding_time(net: SimNet) -> None:
+    hub = net.add(hub_config(holding_time=600))
+    a = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, holding_time=600))
+    net.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, site_prefixes=(SITE_B,), holding_time=90))
+    net.start()
+    net.call(a, a.resolve, A("10.20.0.5"))
+    net.advance(89)
     assert a.cache.get(SITE_B) is not None
-    lab.advance(2)
+    net.advance(2)
     assert a.cache.get(SITE_B) is None
     assert hub.cache.get(SITE_B) is not None  # B refreshed at 30 s and 60 s
 
@@ -383,10 +384,10 @@ def test_shortcut_expires_with_the_responders_holding_time(lab: Lab) -> None:
 # --- traffic indications --------------------------------------------------------------------------
 
 
-def test_hairpin_sends_a_traffic_indication_that_triggers_a_shortcut(lab: Lab) -> None:
-    hub, a, _ = hub_and_two_spokes(lab)
-    lab.call(hub, hub.hairpin, ip_packet("10.10.0.5", "10.20.0.5"))
-    indication = lab.sent(PacketType.TRAFFIC_INDICATION)[0]
+def test_hairpin_sends_a_traffic_indication_that_triggers_a_shortcut(net: SimNet) -> None:
+    hub, a, _ = hub_and_two_spokes(net)
+    net.call(hub, hub.hairpin, ip_packet("10.10.0.5", "10.20.0.5"))
+    indication = net.sent(PacketType.TRAFFIC_INDICATION)[0]
     assert (indication.src, indication.dst) == (HUB_NBMA, SPOKE_A_NBMA)
     assert isinstance(indication.packet, TrafficIndication)
     assert indication.packet.hop_count == 1
@@ -396,22 +397,22 @@ def test_hairpin_sends_a_traffic_indication_that_triggers_a_shortcut(lab: Lab) -
     assert hub.counters.events["traffic_indication_sent"] == 1
 
 
-def test_traffic_indications_are_rate_limited_per_pair(lab: Lab) -> None:
-    hub, _, _ = hub_and_two_spokes(lab)
+def test_traffic_indications_are_rate_limited_per_pair(net: SimNet) -> None:
+    hub, _, _ = hub_and_two_spokes(net)
     for _ in range(5):
-        lab.call(hub, hub.hairpin, ip_packet("10.10.0.5", "10.20.0.5"))
-    assert len(lab.sent(PacketType.TRAFFIC_INDICATION)) == 2  # the burst
+        net.call(hub, hub.hairpin, ip_packet("10.10.0.5", "10.20.0.5"))
+    assert len(net.sent(PacketType.TRAFFIC_INDICATION)) == 2  # the burst
     assert hub.counters.drops[DropReason.RATE_LIMITED] == 3
-    lab.call(hub, hub.hairpin, ip_packet("10.10.0.6", "10.20.0.5"))  # another pair is not limited
-    assert len(lab.sent(PacketType.TRAFFIC_INDICATION)) == 3
-    lab.advance(5)
-    lab.call(hub, hub.hairpin, ip_packet("10.10.0.5", "10.20.0.5"))
-    assert len(lab.sent(PacketType.TRAFFIC_INDICATION)) == 4
+    net.call(hub, hub.hairpin, ip_packet("10.10.0.6", "10.20.0.5"))  # another pair is not limited
+    assert len(net.sent(PacketType.TRAFFIC_INDICATION)) == 3
+    net.advance(5)
+    net.call(hub, hub.hairpin, ip_packet("10.10.0.5", "10.20.0.5"))
+    assert len(net.sent(PacketType.TRAFFIC_INDICATION)) == 4
 
 
-def test_spoke_holds_down_repeated_indications_for_a_destination(lab: Lab) -> None:
-    _, a, _ = hub_and_two_spokes(lab)
-    lab.cut.add(SPOKE_B_NBMA)  # resolution stays pending, then fails
+def test_spoke_holds_down_repeated_indications_for_a_destination(net: SimNet) -> None:
+    _, a, _ = hub_and_two_spokes(net)
+    net.cut.add(SPOKE_B_NBMA)  # resolution stays pending, then fails
     indication = TrafficIndication(
         hop_count=1,
         src_nbma=HUB_NBMA,
@@ -420,43 +421,43 @@ def test_spoke_holds_down_repeated_indications_for_a_destination(lab: Lab) -> No
         original_packet=ip_packet("10.10.0.5", "10.20.0.5"),
     )
     for _ in range(3):
-        lab.take(a, a.receive(encode(indication), HUB_NBMA, lab.now))
-        lab.run()
+        net.take(a, a.receive(encode(indication), HUB_NBMA, net.now))
+        net.run()
     assert a.counters.drops[DropReason.RATE_LIMITED] == 2
     assert a.counters.events["traffic_indication_acted_on"] == 1
 
 
-def test_hairpin_for_an_unknown_source_is_dropped(lab: Lab) -> None:
-    hub, _, _ = hub_and_two_spokes(lab)
-    lab.call(hub, hub.hairpin, ip_packet("10.77.0.5", "10.20.0.5"))
+def test_hairpin_for_an_unknown_source_is_dropped(net: SimNet) -> None:
+    hub, _, _ = hub_and_two_spokes(net)
+    net.call(hub, hub.hairpin, ip_packet("10.77.0.5", "10.20.0.5"))
     assert hub.counters.drops[DropReason.NO_ROUTE] == 1
-    lab.call(hub, hub.hairpin, b"\x00garbage")
+    net.call(hub, hub.hairpin, b"\x00garbage")
     assert hub.counters.drops[DropReason.BAD_TRAFFIC_INDICATION] == 1
 
 
 # --- authentication -------------------------------------------------------------------------------
 
 
-def test_matching_secrets_work_and_every_packet_carries_them(lab: Lab) -> None:
-    hub = lab.add(hub_config(auth_secret=b"s3cret"))
-    a = lab.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, auth_secret=b"s3cret"))
-    lab.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, auth_secret=b"s3cret", site_prefixes=(SITE_B,)))
-    lab.start()
-    lab.call(a, a.resolve, A("10.20.0.5"))
+def test_matching_secrets_work_and_every_packet_carries_them(net: SimNet) -> None:
+    hub = net.add(hub_config(auth_secret=b"s3cret"))
+    a = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, auth_secret=b"s3cret"))
+    net.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, auth_secret=b"s3cret", site_prefixes=(SITE_B,)))
+    net.start()
+    net.call(a, a.resolve, A("10.20.0.5"))
     assert a.cache.get(SITE_B) is not None
-    for wire in lab.wire:
+    for wire in net.wire:
         auth = find_extension(wire.packet, Authentication)
         assert auth is not None and (auth.spi, auth.data) == (1, b"s3cret")
     assert hub.counters.drops[DropReason.AUTH_FAILURE] == 0
 
 
-def test_authentication_failure_sends_one_error_indication_and_no_ping_pong(lab: Lab) -> None:
-    hub = lab.add(hub_config(auth_secret=b"right"))
-    spoke = lab.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, auth_secret=b"wrong"))
-    lab.start()
+def test_authentication_failure_sends_one_error_indication_and_no_ping_pong(net: SimNet) -> None:
+    hub = net.add(hub_config(auth_secret=b"right"))
+    spoke = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, auth_secret=b"wrong"))
+    net.start()
     assert hub.counters.drops[DropReason.AUTH_FAILURE] == 1
     assert hub.counters.error_indications_out[ErrorCode.AUTHENTICATION_FAILURE] == 1
-    errors = lab.sent(PacketType.ERROR_INDICATION)
+    errors = net.sent(PacketType.ERROR_INDICATION)
     assert len(errors) == 1 and errors[0].dst == SPOKE_A_NBMA
     assert isinstance(errors[0].packet, ErrorIndication)
     assert errors[0].packet.error_code == ErrorCode.AUTHENTICATION_FAILURE
@@ -464,22 +465,22 @@ def test_authentication_failure_sends_one_error_indication_and_no_ping_pong(lab:
     assert spoke.counters.drops[DropReason.AUTH_FAILURE] == 1
     assert spoke.counters.packets_out[PacketType.ERROR_INDICATION] == 0
     assert hub.cache.get(ip_network(SPOKE_A)) is None
-    lab.advance(10)
-    assert len(lab.sent(PacketType.ERROR_INDICATION)) == len(lab.sent(PacketType.REGISTRATION_REQUEST))
+    net.advance(10)
+    assert len(net.sent(PacketType.ERROR_INDICATION)) == len(net.sent(PacketType.REGISTRATION_REQUEST))
 
 
-def test_missing_authentication_is_a_failure_too(lab: Lab) -> None:
-    hub = lab.add(hub_config(auth_secret=b"right"))
-    lab.add(spoke_config(SPOKE_A, SPOKE_A_NBMA))
-    lab.start()
+def test_missing_authentication_is_a_failure_too(net: SimNet) -> None:
+    hub = net.add(hub_config(auth_secret=b"right"))
+    net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA))
+    net.start()
     assert hub.counters.drops[DropReason.AUTH_FAILURE] == 1
 
 
-def test_an_authenticated_error_indication_about_our_registration_marks_the_nhs_down(lab: Lab) -> None:
-    _, a, _ = hub_and_two_spokes(lab, holding_time=300)
-    lab.cut.add(HUB_NBMA)
-    lab.advance(100)  # a refresh is outstanding
-    outstanding = lab.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_A_NBMA)[-1].packet
+def test_an_authenticated_error_indication_about_our_registration_marks_the_nhs_down(net: SimNet) -> None:
+    _, a, _ = hub_and_two_spokes(net, holding_time=300)
+    net.cut.add(HUB_NBMA)
+    net.advance(100)  # a refresh is outstanding
+    outstanding = net.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_A_NBMA)[-1].packet
     indication = ErrorIndication(
         error_code=ErrorCode.PROTOCOL_ERROR,
         src_nbma=HUB_NBMA,
@@ -487,7 +488,7 @@ def test_an_authenticated_error_indication_about_our_registration_marks_the_nhs_
         dst_protocol=SPOKE_A,
         offending_packet=encode(outstanding),
     )
-    actions = a.receive(encode(indication), HUB_NBMA, lab.now)
+    actions = a.receive(encode(indication), HUB_NBMA, net.now)
     assert not any(isinstance(action, Send) for action in actions)  # never answered
     assert [x.up for x in actions if isinstance(x, NHSStateChanged)] == [False]
     assert a.counters.error_indications_in[ErrorCode.PROTOCOL_ERROR] == 1
@@ -510,13 +511,13 @@ def resolution_request(dst: IPv4Address, **overrides: object) -> Message:
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 
-def test_loop_in_the_forward_transit_record_is_error_3(lab: Lab) -> None:
-    hub, _, _ = hub_and_two_spokes(lab)
+def test_loop_in_the_forward_transit_record_is_error_3(net: SimNet) -> None:
+    hub, _, _ = hub_and_two_spokes(net)
     looped = resolution_request(
         A("10.20.0.5"),
         extensions=(ForwardTransitNHS(cies=(CIE(client_nbma=HUB_NBMA, client_protocol=HUB),)),),
     )
-    actions = hub.receive(encode(looped), SPOKE_A_NBMA, lab.now)
+    actions = hub.receive(encode(looped), SPOKE_A_NBMA, net.now)
     sends = [a for a in actions if isinstance(a, Send)]
     assert len(sends) == 1 and sends[0].nbma == SPOKE_A_NBMA
     error = decode(sends[0].data)
@@ -525,18 +526,18 @@ def test_loop_in_the_forward_transit_record_is_error_3(lab: Lab) -> None:
     assert hub.counters.drops[DropReason.LOOP_DETECTED] == 1
 
 
-def test_hop_count_exhausted_is_error_15(lab: Lab) -> None:
-    hub, _, _ = hub_and_two_spokes(lab)
-    actions = hub.receive(encode(resolution_request(A("10.20.0.5"), hop_count=1)), SPOKE_A_NBMA, lab.now)
+def test_hop_count_exhausted_is_error_15(net: SimNet) -> None:
+    hub, _, _ = hub_and_two_spokes(net)
+    actions = hub.receive(encode(resolution_request(A("10.20.0.5"), hop_count=1)), SPOKE_A_NBMA, net.now)
     (send,) = [a for a in actions if isinstance(a, Send)]
     error = decode(send.data)
     assert isinstance(error, ErrorIndication) and error.error_code == ErrorCode.HOP_COUNT_EXCEEDED
 
 
-def test_hub_answers_from_its_cache_when_authority_is_not_required(lab: Lab) -> None:
-    hub, _, _ = hub_and_two_spokes(lab)
+def test_hub_answers_from_its_cache_when_authority_is_not_required(net: SimNet) -> None:
+    hub, _, _ = hub_and_two_spokes(net)
     request = resolution_request(A("10.20.0.5"), flags=ResolutionFlag.Q)
-    actions = hub.receive(encode(request), SPOKE_A_NBMA, lab.now)
+    actions = hub.receive(encode(request), SPOKE_A_NBMA, net.now)
     (send,) = [a for a in actions if isinstance(a, Send)]
     reply = decode(send.data)
     assert isinstance(reply, Message) and reply.type == PacketType.RESOLUTION_REPLY
@@ -548,27 +549,27 @@ def test_hub_answers_from_its_cache_when_authority_is_not_required(lab: Lab) -> 
     )
 
 
-def test_undecodable_packets_are_counted_and_reported_but_never_errors_about_errors(lab: Lab) -> None:
-    hub, _, _ = hub_and_two_spokes(lab)
+def test_undecodable_packets_are_counted_and_reported_but_never_errors_about_errors(net: SimNet) -> None:
+    hub, _, _ = hub_and_two_spokes(net)
     good = encode(resolution_request(A("10.20.0.5")))
     bad_version = bytearray(good)
     bad_version[16] = 2
-    actions = hub.receive(bytes(bad_version), SPOKE_A_NBMA, lab.now)
+    actions = hub.receive(bytes(bad_version), SPOKE_A_NBMA, net.now)
     assert hub.counters.decode_errors[ErrorCode.PROTOCOL_ERROR] == 1
     (send,) = [a for a in actions if isinstance(a, Send)]
     assert decode(send.data).packet_type == PacketType.ERROR_INDICATION
     fake_error = bytearray(bad_version)
     fake_error[17] = PacketType.ERROR_INDICATION
-    assert hub.receive(bytes(fake_error), SPOKE_A_NBMA, lab.now) == []
+    assert hub.receive(bytes(fake_error), SPOKE_A_NBMA, net.now) == []
     bad_checksum = bytearray(good)
     bad_checksum[12] ^= 0xFF
-    assert hub.receive(bytes(bad_checksum), SPOKE_A_NBMA, lab.now) == []
-    assert hub.receive(b"\x00" * 7, SPOKE_A_NBMA, lab.now) == []
+    assert hub.receive(bytes(bad_checksum), SPOKE_A_NBMA, net.now) == []
+    assert hub.receive(b"\x00" * 7, SPOKE_A_NBMA, net.now) == []
     assert hub.counters.drops[DropReason.DECODE_ERROR] == 4
 
 
-def test_error_indications_are_rate_limited_per_peer(lab: Lab) -> None:
-    hub = lab.add(hub_config(auth_secret=b"x"))
+def test_error_indications_are_rate_limited_per_peer(net: SimNet) -> None:
+    hub = net.add(hub_config(auth_secret=b"x"))
     sent = 0
     for _ in range(20):
         actions = hub.receive(encode(resolution_request(A("10.20.0.5"))), SPOKE_A_NBMA, 0.0)
@@ -577,8 +578,8 @@ def test_error_indications_are_rate_limited_per_peer(lab: Lab) -> None:
     assert hub.counters.drops[DropReason.ERROR_RATE_LIMITED] == 15
 
 
-def test_registration_to_a_client_is_dropped(lab: Lab) -> None:
-    spoke = lab.add(spoke_config(SPOKE_A, SPOKE_A_NBMA))
+def test_registration_to_a_client_is_dropped(net: SimNet) -> None:
+    spoke = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA))
     registration = Message(type=PacketType.REGISTRATION_REQUEST, src_nbma=SPOKE_B_NBMA, src_protocol=SPOKE_B)
     assert spoke.receive(encode(registration), SPOKE_B_NBMA, 0.0) == []
     assert spoke.counters.drops[DropReason.NOT_A_SERVER] == 1
@@ -590,35 +591,35 @@ def test_registration_to_a_client_is_dropped(lab: Lab) -> None:
 # --- purge ----------------------------------------------------------------------------------------
 
 
-def test_expired_registration_is_purged_from_spokes_that_resolved_it(lab: Lab) -> None:
-    hub = lab.add(hub_config())
-    a = lab.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, holding_time=600))
-    lab.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, site_prefixes=(SITE_B,), holding_time=600))
-    lab.start()
-    lab.call(a, a.resolve, A("10.20.0.5"))
+def test_expired_registration_is_purged_from_spokes_that_resolved_it(net: SimNet) -> None:
+    hub = net.add(hub_config())
+    a = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, holding_time=600))
+    net.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, site_prefixes=(SITE_B,), holding_time=600))
+    net.start()
+    net.call(a, a.resolve, A("10.20.0.5"))
     assert a.cache.get(SITE_B) is not None
-    lab.cut.add(SPOKE_B_NBMA)
-    lab.advance(601)
-    purges = lab.sent(PacketType.PURGE_REQUEST, src=HUB_NBMA, dst=SPOKE_A_NBMA)
+    net.cut.add(SPOKE_B_NBMA)
+    net.advance(601)
+    purges = net.sent(PacketType.PURGE_REQUEST, src=HUB_NBMA, dst=SPOKE_A_NBMA)
     assert purges, "the hub purges the spoke that resolved through it"
     assert a.cache.get(SITE_B) is None
     assert a.cache.get(ip_network(SPOKE_B)) is None
-    assert lab.sent(PacketType.PURGE_REPLY, src=SPOKE_A_NBMA)
+    assert net.sent(PacketType.PURGE_REPLY, src=SPOKE_A_NBMA)
     assert hub._server is not None and hub._server.pending_purges == {}
 
 
-def test_shutdown_withdraws_registrations(lab: Lab) -> None:
-    hub, a, _ = hub_and_two_spokes(lab)
-    lab.call(a, a.shutdown)
-    purge = lab.sent(PacketType.PURGE_REQUEST, src=SPOKE_A_NBMA)
+def test_shutdown_withdraws_registrations(net: SimNet) -> None:
+    hub, a, _ = hub_and_two_spokes(net)
+    net.call(a, a.shutdown)
+    purge = net.sent(PacketType.PURGE_REQUEST, src=SPOKE_A_NBMA)
     assert purge and purge[0].packet.flags & PurgeFlag.NO_REPLY  # type: ignore[union-attr]
     assert hub.cache.get(ip_network(SPOKE_A)) is None and hub.cache.get(SITE_A) is None
-    assert not lab.sent(PacketType.PURGE_REPLY)
+    assert not net.sent(PacketType.PURGE_REPLY)
 
 
-def test_purge_request_with_reply_wanted(lab: Lab) -> None:
-    _, a, _ = hub_and_two_spokes(lab)
-    lab.call(a, a.resolve, A("10.20.0.5"))
+def test_purge_request_with_reply_wanted(net: SimNet) -> None:
+    _, a, _ = hub_and_two_spokes(net)
+    net.call(a, a.resolve, A("10.20.0.5"))
     purge = Message(
         type=PacketType.PURGE_REQUEST,
         request_id=4242,
@@ -627,7 +628,7 @@ def test_purge_request_with_reply_wanted(lab: Lab) -> None:
         dst_protocol=SPOKE_A,
         cies=(CIE(prefix_length=16, client_protocol=A("10.20.0.0")),),
     )
-    actions = a.receive(encode(purge), HUB_NBMA, lab.now)
+    actions = a.receive(encode(purge), HUB_NBMA, net.now)
     (send,) = [x for x in actions if isinstance(x, Send)]
     reply = decode(send.data)
     assert isinstance(reply, Message) and (reply.type, reply.request_id) == (PacketType.PURGE_REPLY, 4242)
@@ -638,38 +639,38 @@ def test_purge_request_with_reply_wanted(lab: Lab) -> None:
 # --- NAT ------------------------------------------------------------------------------------------
 
 
-def test_spoke_behind_nat_is_registered_at_its_public_address_and_told_so(lab: Lab) -> None:
-    hub = lab.add(hub_config())
+def test_spoke_behind_nat_is_registered_at_its_public_address_and_told_so(net: SimNet) -> None:
+    hub = net.add(hub_config())
     private = A("198.51.100.99")
-    a = lab.add(spoke_config(SPOKE_A, private, site_prefixes=(SITE_A,)), seen_as=NAT_PUBLIC)
-    lab.start()
+    a = net.add(spoke_config(SPOKE_A, private, site_prefixes=(SITE_A,)), seen_as=NAT_PUBLIC)
+    net.start()
     registered = hub.cache.get(ip_network(SPOKE_A))
     assert registered is not None
     assert (registered.nbma, registered.claimed_nbma) == (NAT_PUBLIC, private)
-    reply = lab.sent(PacketType.REGISTRATION_REPLY)[0].packet
+    reply = net.sent(PacketType.REGISTRATION_REPLY)[0].packet
     nat = find_extension(reply, NATAddress)
     assert nat is not None and nat.cies[0].client_nbma == NAT_PUBLIC
     assert a.nat_nbma == NAT_PUBLIC
-    assert [e.nbma for e in lab.of(NAT_PUBLIC, NATAddressChanged)] == [NAT_PUBLIC]  # type: ignore[attr-defined]
+    assert [e.nbma for e in net.of(NAT_PUBLIC, NATAddressChanged)] == [NAT_PUBLIC]  # type: ignore[attr-defined]
 
 
-def test_resolution_across_nat_uses_public_addresses_both_ways(lab: Lab) -> None:
-    lab.add(hub_config())
+def test_resolution_across_nat_uses_public_addresses_both_ways(net: SimNet) -> None:
+    net.add(hub_config())
     private = A("198.51.100.99")
-    natted = lab.add(spoke_config(SPOKE_A, private, site_prefixes=(SITE_A,)), seen_as=NAT_PUBLIC)
-    b = lab.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, site_prefixes=(SITE_B,)))
-    lab.start()
+    natted = net.add(spoke_config(SPOKE_A, private, site_prefixes=(SITE_A,)), seen_as=NAT_PUBLIC)
+    b = net.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, site_prefixes=(SITE_B,)))
+    net.start()
     # The natted spoke asks: the hub fills in its public address, the responder answers there.
-    lab.call(natted, natted.resolve, A("10.20.0.5"))
-    forwarded = lab.sent(PacketType.RESOLUTION_REQUEST, src=HUB_NBMA)[-1].packet
+    net.call(natted, natted.resolve, A("10.20.0.5"))
+    forwarded = net.sent(PacketType.RESOLUTION_REQUEST, src=HUB_NBMA)[-1].packet
     nat = find_extension(forwarded, NATAddress)
     assert nat is not None and nat.cies[0].client_nbma == NAT_PUBLIC
-    assert lab.sent(PacketType.RESOLUTION_REPLY, src=SPOKE_B_NBMA)[-1].dst == NAT_PUBLIC
+    assert net.sent(PacketType.RESOLUTION_REPLY, src=SPOKE_B_NBMA)[-1].dst == NAT_PUBLIC
     assert b.cache.get(ip_network(SPOKE_A)).nbma == NAT_PUBLIC  # type: ignore[union-attr]
     assert natted.cache.get(SITE_B).nbma == SPOKE_B_NBMA  # type: ignore[union-attr]
     # The other way round: the natted responder says where it really is.
-    lab.call(b, b.resolve, A("10.10.0.5"))
-    reply = lab.sent(PacketType.RESOLUTION_REPLY, src=NAT_PUBLIC)[-1]
+    net.call(b, b.resolve, A("10.10.0.5"))
+    reply = net.sent(PacketType.RESOLUTION_REPLY, src=NAT_PUBLIC)[-1]
     assert reply.dst == SPOKE_B_NBMA
     nat = find_extension(reply.packet, NATAddress)
     assert nat is not None and nat.cies[0].client_nbma == NAT_PUBLIC
@@ -688,8 +689,8 @@ def test_config_rejects_long_secrets_and_mixed_families() -> None:
     assert isinstance(SITE_A, IPv4Network)
 
 
-def test_counters_snapshot_uses_stable_labels(lab: Lab) -> None:
-    hub, _, _ = hub_and_two_spokes(lab)
+def test_counters_snapshot_uses_stable_labels(net: SimNet) -> None:
+    hub, _, _ = hub_and_two_spokes(net)
     snapshot = hub.counters.snapshot()
     assert snapshot["packets_in"]["registration_request"] == 2
     assert snapshot["packets_out"]["registration_reply"] == 2

@@ -57,6 +57,9 @@ class Resolver:
 
     def resolve(self, destination: Address, now: float) -> None:
         ctx = self.ctx
+        if destination.version != ctx.config.protocol_address.version:
+            ctx.out.append(ResolutionFailed(destination, "wrong-family"))
+            return
         if ctx.owned_prefix(destination) is not None or destination in self._by_destination:
             return
         entry = ctx.cache.lookup(destination, now, types=POSITIVE | {EntryType.NEGATIVE})
@@ -197,6 +200,9 @@ class Resolver:
             self.ctx.drop(DropReason.SHORTCUTS_DISABLED)
             return
         destination = addresses[1]
+        if destination.version != self.ctx.config.protocol_address.version:
+            self.ctx.drop(DropReason.UNSUPPORTED_PROTOCOL)
+            return
         if not self._indications.allow(destination, now):
             self.ctx.drop(DropReason.RATE_LIMITED)
             return
