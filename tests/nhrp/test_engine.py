@@ -694,3 +694,38 @@ def test_counters_snapshot_uses_stable_labels(net: SimNet) -> None:
     snapshot = hub.counters.snapshot()
     assert snapshot["packets_in"]["registration_request"] == 2
     assert snapshot["packets_out"]["registration_reply"] == 2
+
+
+def test_a_purge_from_another_nbma_cannot_withdraw_someone_elses_registration(net: SimNet) -> None:
+    hub, _, _ = hub_and_two_spokes(net)
+    forged = Message(
+        type=PacketType.PURGE_REQUEST,
+        flags=PurgeFlag.NO_REPLY,
+        src_nbma=SPOKE_C_NBMA,
+        src_protocol=SPOKE_B,  # claims to be B
+        dst_protocol=HUB,
+        cies=(CIE(prefix_length=16, client_protocol=A("10.20.0.0")),),
+    )
+    hub.receive(encode(forged), SPOKE_C_NBMA, net.now)
+    assert hub.cache.get(SITE_B) is not None
+
+
+def test_a_registration_reply_from_elsewhere_is_ignored(net: SimNet) -> None:
+    net.add(hub_config())
+    spoke = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA))
+    net.cut.add(HUB_NBMA)
+    net.start()
+    outstanding = net.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_A_NBMA)[-1].packet
+    assert isinstance(outstanding, Message)
+    forged = Message(
+        type=PacketType.REGISTRATION_REPLY,
+        request_id=outstanding.request_id,
+        src_protocol=SPOKE_A,
+        dst_protocol=HUB,
+        cies=(CIE(prefix_length=32, holding_time=7200),),
+    )
+    spoke.receive(encode(forged), SPOKE_C_NBMA, net.now)
+    assert not spoke.nhs[0].up
+    assert spoke.counters.drops[DropReason.UNKNOWN_NHS] == 1
+    spoke.receive(encode(forged), HUB_NBMA, net.now)
+    assert spoke.nhs[0].up

@@ -131,10 +131,12 @@ class Registrar:
         return next((r for r in self.nhs if r.request_id == request_id), None)
 
     def on_reply(self, reply: Message, nbma: Address, now: float) -> None:
+        if not any(r.nbma == nbma for r in self.nhs):
+            self.ctx.drop(DropReason.UNKNOWN_NHS)
+            return
         registration = self.find(reply.request_id)
-        if registration is None:
-            known = any(r.nbma == nbma for r in self.nhs)
-            self.ctx.drop(DropReason.UNKNOWN_REQUEST if known else DropReason.UNKNOWN_NHS)
+        if registration is None or registration.nbma != nbma:
+            self.ctx.drop(DropReason.UNKNOWN_REQUEST)
             return
         registration.request_id = None
         own = reply.cies[0] if reply.cies else None

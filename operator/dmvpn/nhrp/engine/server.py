@@ -155,6 +155,8 @@ class Server:
             self._answer_from_cache(request, entry, nbma, now)
             return
         target = entry.nbma if entry is not None else None
+        if target == nbma:  # never back to where it came from: the sender would be asking itself
+            entry, target = None, None
         if target is None:
             upstream = self.registrar.first_up()
             target = upstream.nbma if upstream is not None and upstream.nbma != nbma else None
@@ -298,8 +300,8 @@ class Server:
             length = host if cie.prefix_length in (0, 0xFF) or cie.prefix_length > host else cie.prefix_length
             prefix = ip_network((protocol, length), strict=False)
             entry = self.ctx.cache.get(prefix)
-            owner = entry is not None and (entry.nbma == nbma or entry.next_hop == request.src_protocol)
-            if entry is not None and entry.type == EntryType.DYNAMIC and owner:
+            # Only from where it was registered: anyone can claim a protocol address, not an NBMA one.
+            if entry is not None and entry.type == EntryType.DYNAMIC and entry.nbma == nbma:
                 self.ctx.cache_remove(prefix)
                 removed.append(entry)
         return removed
