@@ -1,0 +1,594 @@
+"""The node agent: one asyncio reconciler from a :class:`NodeConfig` into the kernel, NHRP and charon.
+
+Event sources (NHRP packets, engine timers, SA events, hairpin NFLOG events, Phase 2 solicitations)
+feed the sans-IO NHRP engine; its actions are carried out here. Kernel state is level-triggered: any
+change marks the agent dirty and one reconcile task recomputes the whole desired set
+(:mod:`dmvpn.agent.plan`) and lets the data plane write only the differences.
+
+IPsec ordering (mode ``required``): no NHRP packet leaves towards a peer before its SA is up (the
+nftables guard would drop it in clear): such sends wait in a small per-peer queue while IKE runs. A
+spoke answering a Resolution Request starts IKE towards the requester at once, so IKE overlaps the
+NHRP exchange instead of following it, and a shortcut is installed only once its SA is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any, Protocol
+
+from dmvpn.agent import plan
+from dmvpn.agent.config import NodeConfig
+from dmvpn.agent.ports import DataplanePort, IpsecPort
+from dmvpn.dataplane import DataplaneError, HairpinEvent, Neighbour, Route, Solicitation
+from dmvpn.ipsec.types import IkeSaInfo, InitiatePolicy, SaEvent
+from dmvpn.nhrp.cache import ChangeKind, EntryType
+from dmvpn.nhrp.codec import Address, PacketType, TrafficIndication, decode, ip_addresses
+from dmvpn.nhrp.codec.errors import NHRPDecodeError
+from dmvpn.nhrp.engine import (
+    Action,
+    CacheChanged,
+    Engine,
+    EngineConfig,
+    NATAddressChanged,
+    NHSConfig,
+    NHSStateChanged,
+    ResolutionDone,
+    ResolutionFailed,
+    Send,
+)
+
+log = logging.getLogger("dmvpn.agent")
+
+PENDING_SEND_TTL = 10.0  # seconds an NHRP packet may wait for its peer's SA before it is dropped
+PENDING_SEND_MAX = 16  # per peer
+HUB_SA_WAIT = 5.0  # seconds a starting spoke waits for its hubs' SAs before registering anyway
+EVENTS_KEPT = 500
+_TYPE_OFFSET = 17
+
+
+class Transport(Protocol):
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None: ...
+    def send(self, nbma: Address, data: bytes) -> bool: ...
+    def close(self) -> None: ...
+
+
+TransportFactory = Callable[[int, Callable[[bytes, Address], None]], Transport]
+
+
+class Observer(Protocol):
+    """Metrics hooks (see :mod:`dmvpn.agent.metrics`); the default does nothing."""
+
+    def shortcut_created(self) -> None: ...
+    def shortcut_expired(self) -> None: ...
+    def resolution_latency(self, seconds: float) -> None: ...
+    def reconcile_error(self) -> None: ...
+
+
+class _NullObserver:
+    def shortcut_created(self) -> None: ...
+    def shortcut_expired(self) -> None: ...
+    def resolution_latency(self, seconds: float) -> None: ...
+    def reconcile_error(self) -> None: ...
+
+
+@dataclass
+class PeerUsage:
+    """Traffic seen on a shortcut peer's SA, for idle expiry."""
+
+    last_bytes: int = -1
+    last_active: float = 0.0
+
+
+@dataclass
+class AgentStats:
+    reconciles: int = 0
+    reconcile_errors: int = 0
+    shortcuts_created: int = 0
+    shortcuts_expired: int = 0
+    sends_held_for_sa: int = 0
+    sends_dropped_no_sa: int = 0
+    hairpin_events: int = 0
+    solicitations: int = 0
+    adopted_entries: int = 0
+    last_error: str | None = None
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Agent:
+    """Runs one DMVPN endpoint. ``await agent.run(stop)`` until ``stop`` is set; kernel state, SAs and
+    charon connections stay in place afterwards (a restarted agent adopts them)."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        dataplane: DataplanePort,
+        ipsec: IpsecPort | None,
+        transport_factory: TransportFactory,
+        *,
+        hairpin: Callable[[], Any] | None = None,
+        solicitations: Callable[[], Any] | None = None,
+        install_guard: Callable[[], Any] | None = None,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.dataplane = dataplane
+        self.ipsec = ipsec if config.ipsec.required else None
+        self._transport_factory = transport_factory
+        self._hairpin_source = hairpin
+        self._solicitation_source = solicitations
+        self._install_guard = install_guard
+        self.observer: Observer = observer or _NullObserver()
+        self.clock = clock
+        self.wallclock = wallclock
+        self.engine = Engine(engine_config(config))
+        self.transport: Transport | None = None
+        self.ifindex: int | None = None
+        self.stats = AgentStats()
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
+        self.started_wall = wallclock()
+        self.installed = plan.Desired()
+        self.sas: list[IkeSaInfo] = []
+        self.peer_since: dict[IPv4Address, float] = {}  # wall time a peer binding appeared
+        self._dirty = asyncio.Event()
+        self._timer_wakeup = asyncio.Event()
+        self._held: dict[IPv4Address, deque[tuple[float, Send]]] = {}
+        self._resolving_since: dict[Address, float] = {}
+        self._usage: dict[IPv4Address, PeerUsage] = {}
+        self._sa_up: set[IPv4Address] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- life cycle --------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.close()
+
+    async def start(self) -> None:
+        config = self.config
+        await self.dataplane.open()
+        report = await self.dataplane.ensure_tunnel()
+        self.ifindex = report.ifindex
+        self.event(
+            "tunnel",
+            f"{config.interface} {report.action.value}" + (f" ({', '.join(report.changes)})" if report.changes else ""),
+        )
+        snapshot = await self.dataplane.snapshot()
+        self.installed = plan.Desired(frozenset(snapshot.neighbours), frozenset(snapshot.routes))
+        if self.ipsec is not None:
+            if self._install_guard is not None:
+                await self._install_guard()
+            await self.ipsec.start()
+            self._sa_up = {peer for peer in self._known_peers() if self.ipsec.sa_up(peer)}
+            self._spawn(self._sa_event_loop())
+            for hub in config.hubs:
+                await self._ensure_peer(hub.nbma, InitiatePolicy.ALWAYS, "hub")
+        assert self.ifindex is not None
+        self.transport = self._transport_factory(self.ifindex, self._on_packet)
+        self.transport.start()
+        now = self.clock()
+        actions = self.engine.start(now)
+        self._adopt(snapshot.neighbours, snapshot.routes, now)
+        self._carry_out(actions)
+        self._dirty.set()
+        self._spawn(self._reconcile_loop())
+        self._spawn(self._timer_loop())
+        self._spawn(self._sa_poll_loop())
+        self._spawn(self._idle_loop())
+        if self._hairpin_source is not None:
+            self._spawn(self._hairpin_loop())
+        if self._solicitation_source is not None:
+            self._spawn(self._solicitation_loop())
+        self.event("started", f"{config.role} {config.object_name} on node {config.node}, phase {config.phase}")
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        if self.ipsec is not None:
+            with contextlib.suppress(Exception):
+                await self.ipsec.close()
+        with contextlib.suppress(Exception):
+            await self.dataplane.close()
+
+    def _spawn(self, coro: Any) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(coro))
+
+    def _adopt(self, neighbours: tuple[Neighbour, ...], routes: tuple[Route, ...], now: float) -> None:
+        """Rebuild bindings a previous agent left in the kernel, so the first reconcile keeps them."""
+        if self.config.phase == 1 and not self.config.is_hub:
+            return
+        for entry in plan.adopted_entries(self.config, neighbours, routes, now):
+            if self.engine.cache.put(entry) is not None:
+                self.stats.adopted_entries += 1
+                if isinstance(entry.nbma, IPv4Address):
+                    self.peer_since.setdefault(entry.nbma, self.wallclock())
+        if self.stats.adopted_entries:
+            self.event("adopted", f"{self.stats.adopted_entries} bindings found in the kernel")
+
+    # --- events log ----------------------------------------------------------------------------------
+
+    def event(self, kind: str, text: str) -> None:
+        self.events.append({"time": self.wallclock(), "kind": kind, "text": text})
+        log.info("%s: %s", kind, text)
+
+    # --- NHRP input --------------------------------------------------------------------------------
+
+    def _on_packet(self, data: bytes, nbma: Address) -> None:
+        now = self.clock()
+        if len(data) > _TYPE_OFFSET and data[_TYPE_OFFSET] == PacketType.TRAFFIC_INDICATION:
+            self._note_indication(data, nbma, now)
+        try:
+            actions = self.engine.receive(data, nbma, now)
+        except Exception as error:  # a bug must cost one packet, never the agent
+            log.exception("NHRP packet from %s crashed the engine", nbma)
+            self.stats.extra["engine_errors"] = self.stats.extra.get("engine_errors", 0) + 1
+            self.stats.last_error = f"engine: {error!r}"
+            return
+        self._carry_out(actions)
+
+    def _note_indication(self, data: bytes, nbma: Address, now: float) -> None:
+        try:
+            packet = decode(data)
+        except NHRPDecodeError:
+            return
+        if not isinstance(packet, TrafficIndication):
+            return
+        addresses = ip_addresses(packet.original_packet)
+        if addresses is None:
+            return
+        destination = addresses[1]
+        if self.config.phase == 3 and not self.config.is_hub and destination not in self._resolving_since:
+            self._resolving_since[destination] = now
+            self.event("traffic-indication", f"from {nbma}: {addresses[0]} -> {destination} went via the hub")
+
+    # --- engine actions ----------------------------------------------------------------------------
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self._send(action)
+            elif isinstance(action, CacheChanged):
+                self._cache_changed(action)
+            elif isinstance(action, NHSStateChanged):
+                self._dirty.set()
+                state = "up" if action.up else "down"
+                self.event("nhs", f"{action.nbma} ({action.protocol}) {state}: {action.reason}")
+            elif isinstance(action, ResolutionDone):
+                self._resolved(action)
+            elif isinstance(action, ResolutionFailed):
+                self._resolving_since.pop(action.destination, None)
+                self.event("resolution-failed", f"{action.destination}: {action.reason}")
+            elif isinstance(action, NATAddressChanged):
+                self.event("nat", f"our NBMA address as the hub sees it: {action.nbma or 'unchanged (no NAT)'}")
+        self._timer_wakeup.set()
+
+    def _send(self, action: Send) -> None:
+        nbma = action.nbma
+        if self.ipsec is not None and isinstance(nbma, IPv4Address) and nbma not in self._sa_up:
+            held = self._held.setdefault(nbma, deque(maxlen=PENDING_SEND_MAX))
+            held.append((self.clock(), action))
+            self.stats.sends_held_for_sa += 1
+            if not self.config.is_hub:
+                self._spawn(self._ensure_peer(nbma, self._policy_for(nbma), "nhrp"))
+            return
+        self._transmit(action)
+
+    def _transmit(self, action: Send) -> None:
+        if self.transport is None:
+            return
+        try:
+            self.transport.send(action.nbma, action.data)
+        except OSError as error:
+            log.warning("NHRP send to %s failed: %s", action.nbma, error)
+
+    def _policy_for(self, nbma: IPv4Address) -> InitiatePolicy:
+        if self.config.hub_by_nbma(nbma) is not None:
+            return InitiatePolicy.ALWAYS
+        # We only send to another spoke to answer its Resolution Request: it is waiting for our reply
+        # and cannot know our NBMA address before it gets it, so we initiate (no tie-break wait).
+        return InitiatePolicy.ALWAYS
+
+    def _cache_changed(self, change: CacheChanged) -> None:
+        self._dirty.set()
+        entry = change.entry
+        nbma = entry.nbma
+        if not isinstance(nbma, IPv4Address):
+            return
+        if change.kind == ChangeKind.REMOVED:
+            if entry.type in (EntryType.SHORTCUT, EntryType.DYNAMIC):
+                self.event("binding-removed", f"{entry.prefix} ({entry.type.value}) at {nbma}")
+            if not any(e.nbma == nbma for e in self.engine.cache):
+                self.peer_since.pop(nbma, None)
+            return
+        self.peer_since.setdefault(nbma, self.wallclock())
+        if entry.type == EntryType.DYNAMIC and change.kind == ChangeKind.ADDED:
+            self.event("registration", f"{entry.prefix} at {nbma} (next hop {entry.next_hop})")
+        elif entry.type == EntryType.CACHED and self.ipsec is not None and not self.config.is_hub:
+            # A Resolution Request told us who wants a shortcut to us: start IKE now, in parallel.
+            self._spawn(self._ensure_peer(nbma, InitiatePolicy.ALWAYS, "resolution request"))
+
+    def _resolved(self, done: ResolutionDone) -> None:
+        entry = done.entry
+        started = self._resolving_since.pop(done.destination, None)
+        if started is not None:
+            self.observer.resolution_latency(self.clock() - started)
+        if entry.type != EntryType.SHORTCUT:
+            return
+        self.stats.shortcuts_created += 1
+        self.observer.shortcut_created()
+        self.event("resolution-reply", f"{done.destination}: {entry.prefix} via {entry.next_hop} at NBMA {entry.nbma}")
+        if isinstance(entry.nbma, IPv4Address):
+            self._usage[entry.nbma] = PeerUsage(last_active=self.clock())
+            if self.ipsec is not None and entry.nbma not in self._sa_up:
+                self._spawn(self._ensure_peer(entry.nbma, InitiatePolicy.AUTO, "shortcut"))
+
+    # --- IPsec -------------------------------------------------------------------------------------
+
+    def _known_peers(self) -> set[IPv4Address]:
+        peers = {hub.nbma for hub in self.config.hubs}
+        peers |= {e.nbma for e in self.engine.cache if isinstance(e.nbma, IPv4Address)}
+        return peers
+
+    async def _ensure_peer(self, nbma: IPv4Address, policy: InitiatePolicy, why: str) -> None:
+        if self.ipsec is None or nbma in self._sa_up:
+            return
+        try:
+            action = await self.ipsec.ensure_peer(nbma, policy)
+        except Exception as error:
+            self.stats.last_error = f"ipsec ensure_peer {nbma}: {error}"
+            log.warning("IPsec towards %s failed: %s", nbma, error)
+            return
+        if action.value != "already-up":
+            self.event("ike", f"{action.value} towards {nbma} ({why})")
+        if self.ipsec.sa_up(nbma):
+            self._sa_changed(nbma, True, "already up")
+
+    async def _sa_event_loop(self) -> None:
+        assert self.ipsec is not None
+        stream = self.ipsec.events()
+        try:
+            async for sa_event in stream:
+                self._on_sa_event(sa_event)
+        finally:
+            stream.close()
+
+    def _on_sa_event(self, sa_event: SaEvent) -> None:
+        self._sa_changed(sa_event.peer, sa_event.up, sa_event.reason)
+
+    def _sa_changed(self, nbma: IPv4Address, up: bool, reason: str) -> None:
+        if up == (nbma in self._sa_up):
+            return
+        if up:
+            self._sa_up.add(nbma)
+            self.event("sa-up", f"{nbma} ({reason})")
+            self._flush_held(nbma)
+        else:
+            self._sa_up.discard(nbma)
+            self.event("sa-down", f"{nbma} ({reason})")
+        self._dirty.set()
+
+    def _flush_held(self, nbma: IPv4Address) -> None:
+        held = self._held.pop(nbma, None)
+        if not held:
+            return
+        now = self.clock()
+        for queued_at, action in held:
+            if now - queued_at <= PENDING_SEND_TTL:
+                self._transmit(action)
+            else:
+                self.stats.sends_dropped_no_sa += 1
+
+    def _expire_held(self, now: float) -> None:
+        for nbma in list(self._held):
+            held = self._held[nbma]
+            while held and now - held[0][0] > PENDING_SEND_TTL:
+                held.popleft()
+                self.stats.sends_dropped_no_sa += 1
+            if not held:
+                del self._held[nbma]
+
+    async def _sa_poll_loop(self) -> None:
+        """SA list for ``show ipsec``, idle detection, and a safety net for missed events."""
+        while True:
+            await asyncio.sleep(2.0)
+            if self.ipsec is None:
+                continue
+            try:
+                self.sas = await self.ipsec.list_sas()
+            except Exception as error:
+                self.stats.last_error = f"ipsec list_sas: {error}"
+                continue
+            for peer in self._known_peers():
+                self._sa_changed(peer, self.ipsec.sa_up(peer), "sync")
+
+    # --- timers, reconcile, idle ----------------------------------------------------------------------
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.engine.next_deadline()
+            delay = 1.0 if deadline is None else max(0.0, min(1.0, deadline - self.clock()))
+            self._timer_wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timer_wakeup.wait(), delay)
+            now = self.clock()
+            self._expire_held(now)
+            try:
+                actions = self.engine.tick(now)
+            except Exception as error:
+                log.exception("engine tick failed")
+                self.stats.last_error = f"engine tick: {error!r}"
+                await asyncio.sleep(1.0)
+                continue
+            self._carry_out(actions)
+
+    def desired(self) -> plan.Desired:
+        sa_up = self._sa_up if self.ipsec is not None else set()
+        nhs_up = {nhs.nbma for nhs in self.engine.nhs if nhs.up and isinstance(nhs.nbma, IPv4Address)}
+        return plan.desired(self.config, self.engine.cache, nhs_up, sa_up, self.clock())
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self.reconcile_once()
+
+    async def reconcile_once(self) -> bool:
+        want = self.desired()
+        if want == self.installed:
+            return True
+        try:
+            await self.dataplane.reconcile_neighbours(want.neighbours)
+            await self.dataplane.reconcile_routes(want.routes)
+        except (DataplaneError, OSError) as error:
+            self.stats.reconcile_errors += 1
+            self.stats.last_error = f"reconcile: {error}"
+            self.observer.reconcile_error()
+            log.warning("reconcile failed (retrying in 1 s): %s", error)
+            self._spawn(self._redo_later(1.0))
+            return False
+        self.stats.reconciles += 1
+        self._log_route_changes(self.installed, want)
+        self.installed = want
+        return True
+
+    async def _redo_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._dirty.set()
+
+    def _log_route_changes(self, before: plan.Desired, after: plan.Desired) -> None:
+        for route in sorted(after.routes - before.routes):
+            via = f"via {route.via}" if route.via else "on the link"
+            self.event("route-added", f"{route.prefix} {via}")
+        for route in sorted(before.routes - after.routes):
+            self.event("route-removed", f"{route.prefix}")
+
+    async def _idle_loop(self) -> None:
+        timeout = float(self.config.shortcut_idle_timeout)
+        period = max(0.2, min(5.0, timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.expire_idle_shortcuts()
+
+    def expire_idle_shortcuts(self) -> list[IPv4Address]:
+        """Drop shortcuts to peers whose SA carried nothing for ``shortcutIdleTimeout`` (without IPsec:
+        since the shortcut was made), and their SAs."""
+        now = self.clock()
+        timeout = float(self.config.shortcut_idle_timeout)
+        traffic = _bytes_by_peer(self.sas)
+        expired: list[IPv4Address] = []
+        for nbma in {
+            e.nbma for e in self.engine.cache if e.type == EntryType.SHORTCUT and isinstance(e.nbma, IPv4Address)
+        }:
+            assert isinstance(nbma, IPv4Address)
+            if self.config.hub_by_nbma(nbma) is not None:
+                continue
+            usage = self._usage.setdefault(nbma, PeerUsage(last_active=now))
+            seen = traffic.get(nbma)
+            if seen is not None and seen != usage.last_bytes:
+                usage.last_bytes = seen
+                usage.last_active = now
+            if now - usage.last_active >= timeout:
+                expired.append(nbma)
+        for nbma in expired:
+            self._expire_peer(nbma)
+        return expired
+
+    def _expire_peer(self, nbma: IPv4Address) -> None:
+        removed = [e for e in self.engine.cache if e.nbma == nbma and e.type in (EntryType.SHORTCUT, EntryType.CACHED)]
+        for entry in removed:
+            self.engine.cache.remove(entry.prefix)
+        self._usage.pop(nbma, None)
+        self.stats.shortcuts_expired += 1
+        self.observer.shortcut_expired()
+        self.event("shortcut-idle", f"{nbma}: {', '.join(str(e.prefix) for e in removed)} idle, removed")
+        self._dirty.set()
+        if self.ipsec is not None:
+            self._spawn(self._remove_sa(nbma))
+
+    async def _remove_sa(self, nbma: IPv4Address) -> None:
+        assert self.ipsec is not None
+        try:
+            await self.ipsec.remove_peer(nbma)
+        except Exception as error:
+            self.stats.last_error = f"ipsec remove_peer {nbma}: {error}"
+
+    # --- hub redirect and Phase 2 ----------------------------------------------------------------------
+
+    async def _hairpin_loop(self) -> None:
+        assert self._hairpin_source is not None
+        async with self._hairpin_source() as reader:
+            async for hairpin_event in reader:
+                self.on_hairpin(hairpin_event)
+
+    def on_hairpin(self, hairpin_event: HairpinEvent) -> None:
+        self.stats.hairpin_events += 1
+        self._carry_out(self.engine.hairpin(hairpin_event.header, self.clock()))
+
+    async def _solicitation_loop(self) -> None:
+        assert self._solicitation_source is not None
+        async with self._solicitation_source() as asks:
+            async for ask in asks:
+                self.on_solicitation(ask)
+
+    def on_solicitation(self, ask: Solicitation) -> None:
+        self.stats.solicitations += 1
+        now = self.clock()
+        self._resolving_since.setdefault(ask.tunnel_ip, now)
+        self._carry_out(self.engine.resolve(ask.tunnel_ip, now))
+
+    # --- views ------------------------------------------------------------------------------------
+
+    @property
+    def sa_up_peers(self) -> frozenset[IPv4Address]:
+        return frozenset(self._sa_up)
+
+    @property
+    def held_sends(self) -> int:
+        return sum(len(held) for held in self._held.values())
+
+    def sa_usable(self, nbma: IPv4Address) -> bool:
+        return self.ipsec is None or nbma in self._sa_up
+
+
+def _bytes_by_peer(sas: list[IkeSaInfo]) -> dict[IPv4Address, int]:
+    totals: dict[IPv4Address, int] = {}
+    for sa in sas:
+        if sa.remote_host is None:
+            continue
+        total = sum(child.bytes_in + child.bytes_out for child in sa.children)
+        totals[sa.remote_host] = totals.get(sa.remote_host, 0) + total
+    return totals
+
+
+def engine_config(config: NodeConfig) -> EngineConfig:
+    """The NHRP engine's view of the node: NHSes, prefixes, holding time, Phase 3 switches."""
+    return EngineConfig(
+        protocol_address=config.tunnel_ip,
+        nbma_address=config.nbma,
+        nhs=tuple(NHSConfig(nbma=hub.nbma, protocol=hub.tunnel_ip) for hub in config.hubs),
+        site_prefixes=config.site_prefixes,
+        server=config.is_hub,
+        holding_time=config.hold_time,
+        mtu=0,
+        auth_secret=config.auth_secret,
+        shortcuts=config.phase != 1,
+        redirect=config.phase == 3,
+    )

@@ -1,0 +1,181 @@
+"""``dmvpn-agent``: the node agent's entry point (standalone mode; Kubernetes mode: see docs/agent.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dmvpn.agent.agent import Agent, Transport
+from dmvpn.agent.config import ConfigError, NodeConfig, load_standalone
+from dmvpn.agent.control import DEFAULT_SOCKET, ControlServer
+from dmvpn.agent.metrics import Metrics, MetricsObserver
+from dmvpn.agent.nodestate import DEFAULT_NODE_STATE, node_state, write_node_state
+from dmvpn.agent.views import COMMANDS
+from dmvpn.dataplane import Dataplane, HairpinConfig, NflogReader, TunnelConfig, install_hairpin_rule
+from dmvpn.ipsec.manager import IpsecManager
+from dmvpn.ipsec.types import ProtectionProfile, PskAuth, X509Auth
+from dmvpn.nhrp.codec import Address
+from dmvpn.nhrp.transport import NHRPTransport
+
+log = logging.getLogger("dmvpn.agent")
+
+DEFAULT_VICI = Path("/var/run/charon.vici")
+DEFAULT_SECRETS = Path("/etc/dmvpn/secrets")
+NFLOG_GROUP = 1
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="dmvpn-agent", description="kube-dmvpn node agent (mGRE + NHRP + IPsec)")
+    parser.add_argument("--standalone", type=Path, metavar="FILE", help="DMVPNHub/DMVPNSpoke documents (no Kubernetes)")
+    parser.add_argument("--node", required=True, help="this node's name (the object whose spec.nodeName matches)")
+    parser.add_argument("--vici-socket", type=Path, default=DEFAULT_VICI, help="charon's VICI socket")
+    parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET, help="control socket for dmvpnctl")
+    parser.add_argument("--secrets-dir", type=Path, default=DEFAULT_SECRETS, help="secrets as DIR/<secret>/<key>")
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    parser.add_argument("--node-state", type=Path, default=DEFAULT_NODE_STATE, help="CNI node-state file")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def tunnel_config(config: NodeConfig, underlay: str) -> TunnelConfig:
+    return TunnelConfig(
+        name=config.interface,
+        local=config.nbma,
+        underlay=underlay,
+        address=config.tunnel,
+        key=config.gre_key,
+        mtu=config.mtu,
+        ttl=config.ttl,
+        on_demand=config.phase == 2 and not config.is_hub,
+    )
+
+
+def protection_profile(config: NodeConfig) -> ProtectionProfile:
+    ipsec = config.ipsec
+    auth: PskAuth | X509Auth
+    if ipsec.psk is not None:
+        auth = PskAuth(ipsec.psk)
+    else:
+        assert ipsec.certificate is not None and ipsec.private_key is not None and ipsec.ca is not None
+        auth = X509Auth(ipsec.certificate, ipsec.private_key, ipsec.ca)
+    return ProtectionProfile(
+        local_nbma=config.nbma,
+        auth=auth,
+        role=config.role,
+        ike_proposals=ipsec.ike_proposals,
+        esp_proposals=ipsec.esp_proposals,
+        dpd_delay=ipsec.dpd_delay,
+        rekey_time=ipsec.rekey_time,
+    )
+
+
+def underlay_device(nbma: str) -> str:
+    """The device holding our NBMA address (the tunnel binds to it, 'tunnel source')."""
+    import json
+    import subprocess
+
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    for link in json.loads(out):
+        for info in link.get("addr_info", []):
+            if info.get("local") == nbma:
+                return str(link["ifname"])
+    raise ConfigError(f"no local device has the NBMA address {nbma} (spec.nbma.address)")
+
+
+def build_agent(config: NodeConfig, args: argparse.Namespace, observer: MetricsObserver | None) -> Agent:
+    dataplane = Dataplane(tunnel_config(config, underlay_device(str(config.nbma))))
+    ipsec = IpsecManager(protection_profile(config), socket_path=args.vici_socket) if config.ipsec.required else None
+
+    def transport_factory(ifindex: int, on_packet: Callable[[bytes, Address], None]) -> Transport:
+        return NHRPTransport.open(ifindex, on_packet)
+
+    hairpin: Callable[[], Any] | None = None
+    if config.is_hub and config.phase == 3:
+        hairpin_config = HairpinConfig(ifname=config.interface, group=NFLOG_GROUP)
+
+        @contextlib.asynccontextmanager
+        async def hairpin_reader() -> Any:
+            await install_hairpin_rule(hairpin_config)
+            async with NflogReader(NFLOG_GROUP) as reader:
+                yield reader
+
+        hairpin = hairpin_reader
+    solicitations = dataplane.solicitations if config.phase == 2 and not config.is_hub else None
+    guard: Callable[[], Any] | None = None
+    if config.ipsec.required:
+        from dmvpn.ipsec.guard import install_guard, set_larval_drop
+
+        async def guard() -> None:
+            await install_guard(config.nbma, config.gre_key)
+            await set_larval_drop(False)
+
+    return Agent(
+        config,
+        dataplane,
+        ipsec,
+        transport_factory,
+        hairpin=hairpin,
+        solicitations=solicitations,
+        install_guard=guard,
+        observer=observer,
+    )
+
+
+async def run(config: NodeConfig, args: argparse.Namespace) -> int:
+    metrics = Metrics() if args.metrics_port is not None else None
+    agent = build_agent(config, args, MetricsObserver(metrics) if metrics else None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    control = ControlServer(args.socket, lambda command: COMMANDS[command](agent))
+    await agent.start()
+    try:
+        await control.start()
+        write_node_state(args.node_state, node_state(config))
+        if metrics is not None:
+            metrics.attach(agent)
+            metrics.serve(args.metrics_port)
+        log.info("ready: control socket %s", args.socket)
+        await stop.wait()
+    finally:
+        await control.close()
+        await agent.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    if args.standalone is None:
+        print(
+            "dmvpn-agent: Kubernetes mode is not available yet; run with --standalone FILE --node NAME",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        config = load_standalone(args.standalone, args.node, args.secrets_dir)
+    except ConfigError as error:
+        print(f"dmvpn-agent: {error}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run(config, args))
+    except ConfigError as error:
+        print(f"dmvpn-agent: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

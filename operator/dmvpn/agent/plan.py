@@ -1,0 +1,168 @@
+"""Pure reconcile decisions: which neighbours and routes the kernel should hold, given the NHRP cache.
+
+The agent is level-triggered: after any event it recomputes the whole desired set here and hands it to
+the data plane, which writes only differences. Keeping these decisions free of I/O makes every DMVPN
+phase rule a unit test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from dmvpn.agent.config import HubPeer, NodeConfig
+from dmvpn.dataplane import Neighbour, Route
+from dmvpn.nhrp.cache import CacheEntry, EntryType
+
+
+@dataclass(frozen=True)
+class Desired:
+    neighbours: frozenset[Neighbour] = field(default_factory=frozenset)
+    routes: frozenset[Route] = field(default_factory=frozenset)
+
+
+def host(address: IPv4Address) -> IPv4Network:
+    return IPv4Network(address)
+
+
+def active_hub(config: NodeConfig, nhs_up: Collection[IPv4Address]) -> HubPeer | None:
+    """The hub that carries traffic via the hub: the first configured one that is up, else the first."""
+    for hub in config.hubs:
+        if hub.nbma in nhs_up:
+            return hub
+    return config.hubs[0] if config.hubs else None
+
+
+def shortcut_usable(entry: CacheEntry, config: NodeConfig, sa_up: Collection[IPv4Address], now: float) -> bool:
+    """A resolved binding may carry traffic only once its IPsec SA is up (when IPsec is required):
+    installing it earlier would send packets into a missing SA and lose them while IKE runs."""
+    if entry.type != EntryType.SHORTCUT or entry.nbma is None or entry.next_hop is None or entry.expired(now):
+        return False
+    if not isinstance(entry.nbma, IPv4Address) or not isinstance(entry.next_hop, IPv4Address):
+        return False
+    return not config.ipsec.required or entry.nbma in sa_up
+
+
+def _ours(prefix: IPv4Network, config: NodeConfig) -> bool:
+    """Never route our own tunnel address or site prefixes into the tunnel."""
+    if prefix.overlaps(host(config.tunnel_ip)) and prefix.prefixlen == 32:
+        return True
+    return any(prefix.subnet_of(own) for own in config.site_prefixes)
+
+
+def spoke_desired(
+    config: NodeConfig,
+    entries: Iterable[CacheEntry],
+    nhs_up: Collection[IPv4Address],
+    sa_up: Collection[IPv4Address],
+    now: float,
+) -> Desired:
+    neighbours = {Neighbour(hub.tunnel_ip, hub.nbma) for hub in config.hubs}
+    routes: set[Route] = set()
+    hub = active_hub(config, nhs_up)
+    if hub is not None:
+        # Phase 2 resolves other spokes' tunnel addresses on the link (kernel solicitations); Phases 1
+        # and 3 send them via the hub (and FRR answers resolutions only with such a route).
+        routes.add(
+            Route(config.tunnel_network) if config.phase == 2 else Route(config.tunnel_network, via=hub.tunnel_ip)
+        )
+        for prefix in _hub_prefixes(config):
+            routes.add(Route(prefix, via=hub.tunnel_ip))
+        for peer in config.peer_spokes:
+            for prefix in peer.site_prefixes:
+                if config.phase == 1:
+                    routes.add(Route(prefix, via=hub.tunnel_ip))
+                elif config.phase == 2:
+                    routes.add(Route(prefix, via=peer.tunnel_ip))
+    if config.phase != 1:
+        for entry in entries:
+            if not shortcut_usable(entry, config, sa_up, now):
+                continue
+            assert isinstance(entry.next_hop, IPv4Address) and isinstance(entry.nbma, IPv4Address)
+            if not isinstance(entry.prefix, IPv4Network) or _ours(entry.prefix, config):
+                continue
+            prefix = entry.prefix
+            neighbours.add(Neighbour(entry.next_hop, entry.nbma))
+            if prefix == host(entry.next_hop):
+                if config.phase == 3:
+                    routes.add(Route(prefix))  # the peer's tunnel address, directly on the link
+            else:
+                routes.add(Route(prefix, via=entry.next_hop))
+    return Desired(frozenset(neighbours), frozenset(routes))
+
+
+def _hub_prefixes(config: NodeConfig) -> list[IPv4Network]:
+    prefixes: list[IPv4Network] = []
+    for hub in config.hubs:
+        for prefix in (*hub.summary_prefixes, *hub.site_prefixes):
+            if prefix not in prefixes and prefix != config.tunnel_network:
+                prefixes.append(prefix)
+    return prefixes
+
+
+def hub_desired(config: NodeConfig, entries: Iterable[CacheEntry], now: float) -> Desired:
+    """A hub: every registered spoke's tunnel address on the link, its site prefixes via it."""
+    neighbours: set[Neighbour] = set()
+    routes: set[Route] = {Route(config.tunnel_network)}
+    for entry in entries:
+        if entry.type != EntryType.DYNAMIC or entry.expired(now) or entry.next_hop is None:
+            continue
+        if not isinstance(entry.next_hop, IPv4Address) or not isinstance(entry.prefix, IPv4Network):
+            continue
+        if isinstance(entry.nbma, IPv4Address):
+            neighbours.add(Neighbour(entry.next_hop, entry.nbma))
+        if entry.prefix != host(entry.next_hop) and not _ours(entry.prefix, config):
+            routes.add(Route(entry.prefix, via=entry.next_hop))
+    return Desired(frozenset(neighbours), frozenset(routes))
+
+
+def desired(
+    config: NodeConfig,
+    entries: Iterable[CacheEntry],
+    nhs_up: Collection[IPv4Address],
+    sa_up: Collection[IPv4Address],
+    now: float,
+) -> Desired:
+    if config.is_hub:
+        return hub_desired(config, entries, now)
+    return spoke_desired(config, entries, nhs_up, sa_up, now)
+
+
+# --- adoption after a restart --------------------------------------------------------------------
+
+
+def adopted_entries(
+    config: NodeConfig, neighbours: Iterable[Neighbour], routes: Iterable[Route], now: float
+) -> list[CacheEntry]:
+    """Cache entries that rebuild, from what a previous agent left in the kernel, the bindings it had.
+
+    A hub takes its neighbours and routes as registrations (spokes refresh them in time); a spoke takes
+    bindings to peers other than its hubs as shortcuts. They expire after one holding time unless
+    refreshed, so stale state cannot live forever.
+    """
+    hubs = {hub.tunnel_ip for hub in config.hubs}
+    kind = EntryType.DYNAMIC if config.is_hub else EntryType.SHORTCUT
+    expires = now + config.hold_time
+    nbma_of: dict[IPv4Address, IPv4Address] = {}
+    entries: list[CacheEntry] = []
+    for neighbour in neighbours:
+        if neighbour.tunnel_ip in hubs or neighbour.tunnel_ip == config.tunnel_ip:
+            continue
+        nbma_of[neighbour.tunnel_ip] = neighbour.nbma
+        entries.append(
+            CacheEntry(
+                prefix=host(neighbour.tunnel_ip),
+                type=kind,
+                nbma=neighbour.nbma,
+                next_hop=neighbour.tunnel_ip,
+                expires=expires,
+            )
+        )
+    for route in routes:
+        if route.via is None or route.via in hubs or route.via not in nbma_of:
+            continue
+        entries.append(
+            CacheEntry(prefix=route.prefix, type=kind, nbma=nbma_of[route.via], next_hop=route.via, expires=expires)
+        )
+    return entries
