@@ -1,29 +1,132 @@
 """Phase 3 redirect trigger on a hub: an nftables chain that logs hairpinned packets to NFLOG.
 
 A packet forwarded in and out of the mGRE device went spoke -> hub -> spoke: the hub should send the
-source a Traffic Indication. The chain logs such packets, rate-limited per (source, destination) pair,
-to an NFLOG group that :class:`dmvpn.dataplane.nflog.NflogReader` reads.
+source a Traffic Indication. The chain logs such packets, rate-limited per (source, destination) pair
+(masked to ``prefixlen``, FRR: /24) to ``rate_per_minute`` with ``burst``, to an NFLOG group that
+:class:`dmvpn.dataplane.nflog.NflogReader` reads. ``queue-threshold 1``: the kernel sends each packet
+at once instead of batching for ~1 s.
+
+Ownership: we own chain ``config.chain`` and set ``<chain>_pairs`` in ``table inet <config.table>``.
+The table may hold other chains (it is created if missing, never flushed); the IPsec guard uses its own
+table (``inet dmvpn_ipsec``). The installed rule carries a comment with a fingerprint of its
+configuration, so re-installing the same configuration reads and writes nothing else.
 """
 
 from __future__ import annotations
 
+import hashlib
+from ipaddress import IPv4Network
+from typing import Any
+
+from dmvpn.dataplane.nft import apply_script, list_table
 from dmvpn.dataplane.types import HairpinConfig
 
+FAMILY = "inet"
+SET_TIMEOUT = "1m"
+SET_SIZE = 65535
 
-def render_ruleset(config: HairpinConfig) -> str:
-    """The nft script for our chain and set (pure; unit-tested)."""
-    raise NotImplementedError
+
+def set_name(config: HairpinConfig) -> str:
+    return f"{config.chain}_pairs"
+
+
+def _masked(selector: str, prefixlen: int) -> str:
+    if prefixlen == 32:
+        return selector
+    return f"{selector} & {IPv4Network(f'0.0.0.0/{prefixlen}').netmask}"
+
+
+def rule_body(config: HairpinConfig) -> str:
+    """The rule without its comment."""
+    key = f"{_masked('ip saddr', config.prefixlen)} . {_masked('ip daddr', config.prefixlen)}"
+    name = config.ifname
+    return (
+        f'iifname "{name}" oifname "{name}" meta nfproto ipv4 '
+        f"update @{set_name(config)} {{ {key} limit rate {config.rate_per_minute}/minute "
+        f"burst {config.burst} packets }} "
+        f"log group {config.group} snaplen {config.snaplen} queue-threshold 1"
+    )
+
+
+def marker(config: HairpinConfig) -> str:
+    """The comment that identifies our rule and the configuration it was made from."""
+    digest = hashlib.sha256(rule_body(config).encode()).hexdigest()[:16]
+    return f"dmvpn-hairpin {digest}"
+
+
+def render_ruleset(config: HairpinConfig, *, chain_exists: bool = False, set_exists: bool = False) -> str:
+    """The nft script that (re)writes our chain and set and nothing else (pure; unit-tested)."""
+    table = f"{FAMILY} {config.table}"
+    lines = [f"add table {table}"]
+    if chain_exists:
+        lines += [f"flush chain {table} {config.chain}", f"delete chain {table} {config.chain}"]
+    if set_exists:
+        lines.append(f"delete set {table} {set_name(config)}")
+    lines += [
+        f"add set {table} {set_name(config)} {{ type ipv4_addr . ipv4_addr; size {SET_SIZE}; "
+        f"flags dynamic,timeout; timeout {SET_TIMEOUT}; }}",
+        f"add chain {table} {config.chain} {{ type filter hook forward priority filter; policy accept; }}",
+        f'add rule {table} {config.chain} {rule_body(config)} comment "{marker(config)}"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _ours(items: list[dict[str, Any]], config: HairpinConfig) -> tuple[bool, bool, list[str]]:
+    """Whether our chain and set exist, and the comments of the rules in our chain."""
+    chain = any(item.get("chain", {}).get("name") == config.chain for item in items)
+    named_set = any(item.get("set", {}).get("name") == set_name(config) for item in items)
+    comments = [
+        str(item["rule"].get("comment", ""))
+        for item in items
+        if "rule" in item and item["rule"].get("chain") == config.chain
+    ]
+    return chain, named_set, comments
 
 
 async def install_hairpin_rule(config: HairpinConfig, *, netns: str | None = None) -> bool:
     """Install or update our chain atomically (``nft -f -``); True if it changed anything.
 
     Only our chain and our set in table ``inet <config.table>`` are (re)written; other chains in the
-    same table (e.g. the IPsec-required drop) and the rest of the ruleset are never flushed.
+    same table and the rest of the ruleset are never flushed.
     """
-    raise NotImplementedError
+    items = await list_table(netns, FAMILY, config.table) or []
+    chain, named_set, comments = _ours(items, config)
+    if chain and named_set and comments == [marker(config)]:
+        return False
+    await apply_script(netns, render_ruleset(config, chain_exists=chain, set_exists=named_set))
+    return True
 
 
 async def remove_hairpin_rule(config: HairpinConfig, *, netns: str | None = None) -> bool:
-    """Remove our chain and set (and the table if it is then empty). False if nothing was there."""
-    raise NotImplementedError
+    """Remove our chain and set (and the table if nothing else is left in it). False if nothing was there."""
+    items = await list_table(netns, FAMILY, config.table)
+    if items is None:
+        return False
+    chain, named_set, _ = _ours(items, config)
+    table = f"{FAMILY} {config.table}"
+    lines: list[str] = []
+    if chain:
+        lines += [f"flush chain {table} {config.chain}", f"delete chain {table} {config.chain}"]
+    if named_set:
+        lines.append(f"delete set {table} {set_name(config)}")
+    if not lines:
+        return False
+    if _only_ours(items, config):
+        lines.append(f"delete table {table}")
+    await apply_script(netns, "\n".join(lines) + "\n")
+    return True
+
+
+def _only_ours(items: list[dict[str, Any]], config: HairpinConfig) -> bool:
+    for item in items:
+        for kind, body in item.items():
+            if kind == "table":
+                continue
+            if kind == "chain" and body.get("name") == config.chain:
+                continue
+            if kind == "set" and body.get("name") == set_name(config):
+                continue
+            if kind == "rule" and body.get("chain") == config.chain:
+                continue
+            return False
+    return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Generic, TypeVar
@@ -97,11 +97,16 @@ class TunnelReport:
 
 @dataclass(frozen=True)
 class ReconcileReport(Generic[T]):
-    """What a desired-set reconcile did: entries added, replaced (changed value) and removed."""
+    """What a desired-set reconcile did: entries added, replaced (changed value) and removed.
+
+    ``conflicts``: desired entries NOT installed because a foreign entry holds the same key (a route
+    with the same prefix and metric that is not ours); we never overwrite what is not ours.
+    """
 
     added: tuple[T, ...] = ()
     replaced: tuple[T, ...] = ()
     removed: tuple[T, ...] = ()
+    conflicts: tuple[T, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -181,4 +186,5 @@ class HairpinConfig:
     snaplen: int = 128
     table: str = "dmvpn"
     """nftables table (family inet). Other chains may live in it: we only (re)write our own chain."""
-    chain: str = field(default="redirect")
+    chain: str = "hairpin"
+    """Our chain (not an nft keyword: "redirect" is one); our set is "<chain>_pairs"."""

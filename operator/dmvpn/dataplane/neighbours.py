@@ -1,0 +1,56 @@
+"""Desired-set reconcile of NHRP bindings (tunnel address -> NBMA) as permanent neighbours on the mGRE."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Address
+
+from dmvpn.dataplane.rtnl import NUD_PERMANENT, NeighEntry, Rtnl
+from dmvpn.dataplane.types import Neighbour, ReconcileReport
+
+
+def is_ours(entry: NeighEntry, proto: int) -> bool:
+    return entry.proto == proto
+
+
+def in_place(entry: NeighEntry | None, want: Neighbour, proto: int) -> bool:
+    """The kernel already holds exactly our binding (a permanent entry with our mark and NBMA)."""
+    return entry is not None and is_ours(entry, proto) and entry.state == NUD_PERMANENT and entry.lladdr == want.nbma
+
+
+def is_valid_binding(entry: NeighEntry) -> bool:
+    """Had a usable link-layer address (INCOMPLETE/FAILED entries from solicitations have none)."""
+    return entry.lladdr is not None
+
+
+def ours(entries: Iterable[NeighEntry], proto: int) -> tuple[Neighbour, ...]:
+    return tuple(sorted(Neighbour(e.dst, e.lladdr) for e in entries if is_ours(e, proto) and e.lladdr is not None))
+
+
+async def set_one(rtnl: Rtnl, index: int, want: Neighbour, proto: int, current: NeighEntry | None) -> bool:
+    if in_place(current, want, proto):
+        return False
+    await rtnl.replace_neighbour(index, want.tunnel_ip, want.nbma, proto)
+    return True
+
+
+async def reconcile(rtnl: Rtnl, index: int, desired: Iterable[Neighbour], proto: int) -> ReconcileReport[Neighbour]:
+    """Add missing, replace changed (ours or a foreign entry for a desired address), remove ours not desired."""
+    wanted: dict[IPv4Address, Neighbour] = {}
+    for neighbour in desired:
+        wanted[neighbour.tunnel_ip] = neighbour  # last one wins, like a dict update
+    current = {entry.dst: entry for entry in await rtnl.neighbours(index)}
+    added: list[Neighbour] = []
+    replaced: list[Neighbour] = []
+    removed: list[Neighbour] = []
+    for tunnel_ip, want in sorted(wanted.items()):
+        entry = current.get(tunnel_ip)
+        if not await set_one(rtnl, index, want, proto, entry):
+            continue
+        (replaced if entry is not None and is_valid_binding(entry) else added).append(want)
+    for tunnel_ip, entry in sorted(current.items()):
+        if tunnel_ip in wanted or not is_ours(entry, proto):
+            continue
+        if await rtnl.delete_neighbour(index, tunnel_ip) and entry.lladdr is not None:
+            removed.append(Neighbour(tunnel_ip, entry.lladdr))
+    return ReconcileReport(tuple(added), tuple(replaced), tuple(removed))

@@ -1,0 +1,60 @@
+"""Desired-set reconcile of our routes over the mGRE (marked with our protocol number, main table)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Network
+
+from dmvpn.dataplane.rtnl import RT_SCOPE_LINK, RouteEntry, Rtnl
+from dmvpn.dataplane.types import ReconcileReport, Route
+
+RouteKey = tuple[IPv4Network, int]  # what the kernel keys a route by (table fixed): prefix and metric
+
+
+def as_route(entry: RouteEntry) -> Route:
+    return Route(entry.prefix, entry.gateway, entry.metric)
+
+
+def matches(entry: RouteEntry, want: Route, oif: int) -> bool:
+    """The kernel route is exactly what we would install."""
+    if entry.oif != oif or entry.gateway != want.via:
+        return False
+    if want.via is None:
+        return entry.scope == RT_SCOPE_LINK
+    return entry.onlink
+
+
+async def ours(rtnl: Rtnl, oif: int, proto: int) -> list[RouteEntry]:
+    """Our routes on our device (another mGRE of another cloud may use the same protocol number)."""
+    return [entry for entry in await rtnl.routes(proto) if entry.oif == oif]
+
+
+async def set_one(rtnl: Rtnl, oif: int, want: Route, proto: int, current: RouteEntry | None) -> bool:
+    """Install or correct one route. Returns False when it was in place, or when the key belongs to a
+    foreign route (add refuses with EEXIST and we never replace what is not ours)."""
+    if current is not None:
+        if matches(current, want, oif):
+            return False
+        await rtnl.replace_route(want.prefix, want.via, oif, want.metric, proto)
+        return True
+    return await rtnl.add_route(want.prefix, want.via, oif, want.metric, proto)
+
+
+async def reconcile(rtnl: Rtnl, oif: int, desired: Iterable[Route], proto: int) -> ReconcileReport[Route]:
+    wanted: dict[RouteKey, Route] = {(route.prefix, route.metric): route for route in desired}
+    current: dict[RouteKey, RouteEntry] = {(e.prefix, e.metric): e for e in await ours(rtnl, oif, proto)}
+    added: list[Route] = []
+    replaced: list[Route] = []
+    removed: list[Route] = []
+    conflicts: list[Route] = []
+    for key, want in sorted(wanted.items()):
+        entry = current.get(key)
+        wrote = await set_one(rtnl, oif, want, proto, entry)
+        if entry is None:
+            (added if wrote else conflicts).append(want)
+        elif wrote:
+            replaced.append(want)
+    for key, entry in sorted(current.items()):
+        if key not in wanted and await rtnl.delete_route(entry):
+            removed.append(as_route(entry))
+    return ReconcileReport(tuple(added), tuple(replaced), tuple(removed), tuple(conflicts))

@@ -1,0 +1,393 @@
+"""Small typed wrappers over pyroute2's ``AsyncIPRoute``: the only module that calls it.
+
+pyroute2 has no type hints and returns dict-like messages; everything leaving this module is a plain
+typed value. Every write goes through :meth:`Rtnl._write`, which counts it (idempotence is asserted
+by counting) and turns ``NetlinkError`` into :class:`DataplaneError` with the errno spelled out.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from dmvpn.dataplane.errors import EEXIST, NOT_THERE, netlink_failure
+from dmvpn.dataplane.netns import netns_path
+from dmvpn.dataplane.types import GRE_KEY_FLAG, DataplaneError, InterfaceStats, NamespaceGone
+
+IFF_UP = 0x1
+IFF_NOARP = 0x80
+NUD_INCOMPLETE = 0x01
+NUD_REACHABLE = 0x02
+NUD_FAILED = 0x20
+NUD_NOARP = 0x40
+NUD_PERMANENT = 0x80
+RTNH_F_ONLINK = 0x4
+RT_TABLE_MAIN = 254
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+RTN_UNICAST = 1
+
+
+@dataclass(frozen=True)
+class GreParams:
+    """The GRE part of a link (IFLA_GRE_*), as we set and compare it."""
+
+    local: IPv4Address | None
+    remote: IPv4Address | None
+    link: int
+    ikey: int | None
+    okey: int | None
+    ttl: int
+    pmtudisc: bool = True
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str | None
+    flags: int
+    mtu: int
+    gre: GreParams | None
+    stats: InterfaceStats | None
+
+
+@dataclass(frozen=True)
+class NeighEntry:
+    dst: IPv4Address
+    lladdr: IPv4Address | None
+    state: int
+    proto: int
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    prefix: IPv4Network
+    gateway: IPv4Address | None
+    oif: int | None
+    metric: int
+    proto: int
+    scope: int
+    onlink: bool
+    table: int
+
+
+def _attr(msg: Any, name: str, default: Any = None) -> Any:
+    value = msg.get_attr(name)
+    return default if value is None else value
+
+
+def _ipv4_or_none(value: Any) -> IPv4Address | None:
+    if not value:
+        return None
+    try:
+        address = IPv4Address(str(value))
+    except ValueError:
+        return None
+    return None if address == IPv4Address(0) else address
+
+
+def _gre_params(info: Any) -> GreParams:
+    iflags = int(_attr(info, "IFLA_GRE_IFLAGS", 0))
+    oflags = int(_attr(info, "IFLA_GRE_OFLAGS", 0))
+    return GreParams(
+        local=_ipv4_or_none(_attr(info, "IFLA_GRE_LOCAL")),
+        remote=_ipv4_or_none(_attr(info, "IFLA_GRE_REMOTE")),
+        link=int(_attr(info, "IFLA_GRE_LINK", 0)),
+        ikey=int(_attr(info, "IFLA_GRE_IKEY", 0)) if iflags & GRE_KEY_FLAG else None,
+        okey=int(_attr(info, "IFLA_GRE_OKEY", 0)) if oflags & GRE_KEY_FLAG else None,
+        ttl=int(_attr(info, "IFLA_GRE_TTL", 0)),
+        pmtudisc=bool(_attr(info, "IFLA_GRE_PMTUDISC", 1)),
+    )
+
+
+def _stats(msg: Any) -> InterfaceStats | None:
+    raw = msg.get_attr("IFLA_STATS64") or msg.get_attr("IFLA_STATS")
+    if not raw:
+        return None
+    return InterfaceStats(
+        rx_packets=int(raw["rx_packets"]),
+        tx_packets=int(raw["tx_packets"]),
+        rx_bytes=int(raw["rx_bytes"]),
+        tx_bytes=int(raw["tx_bytes"]),
+        rx_errors=int(raw["rx_errors"]),
+        tx_errors=int(raw["tx_errors"]),
+        rx_dropped=int(raw["rx_dropped"]),
+        tx_dropped=int(raw["tx_dropped"]),
+    )
+
+
+def parse_link(msg: Any) -> Link:
+    linkinfo = msg.get_attr("IFLA_LINKINFO")
+    kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo else None
+    data = linkinfo.get_attr("IFLA_INFO_DATA") if linkinfo else None
+    return Link(
+        index=int(msg["index"]),
+        name=str(msg.get_attr("IFLA_IFNAME")),
+        kind=str(kind) if kind else None,
+        flags=int(msg["flags"]),
+        mtu=int(_attr(msg, "IFLA_MTU", 0)),
+        gre=_gre_params(data) if kind == "gre" and data is not None else None,
+        stats=_stats(msg),
+    )
+
+
+def parse_neigh(msg: Any) -> NeighEntry | None:
+    if msg["family"] != socket.AF_INET:
+        return None
+    dst = _ipv4_or_none(msg.get_attr("NDA_DST"))
+    if dst is None:
+        return None
+    return NeighEntry(
+        dst=dst,
+        lladdr=_ipv4_or_none(msg.get_attr("NDA_LLADDR")),
+        state=int(msg["state"]),
+        proto=int(_attr(msg, "NDA_PROTOCOL", 0)),
+    )
+
+
+def parse_route(msg: Any) -> RouteEntry | None:
+    if msg["family"] != socket.AF_INET:
+        return None
+    dst = _attr(msg, "RTA_DST", "0.0.0.0")
+    table = int(_attr(msg, "RTA_TABLE", msg["table"]))
+    return RouteEntry(
+        prefix=IPv4Network(f"{dst}/{int(msg['dst_len'])}"),
+        gateway=_ipv4_or_none(msg.get_attr("RTA_GATEWAY")),
+        oif=int(msg.get_attr("RTA_OIF")) if msg.get_attr("RTA_OIF") is not None else None,
+        metric=int(_attr(msg, "RTA_PRIORITY", 0)),
+        proto=int(msg["proto"]),
+        scope=int(msg["scope"]),
+        onlink=bool(int(msg["flags"]) & RTNH_F_ONLINK),
+        table=table,
+    )
+
+
+def gre_kwargs(gre: GreParams) -> dict[str, Any]:
+    """pyroute2 keyword arguments for the GRE attributes (no remote: multipoint)."""
+    kwargs: dict[str, Any] = {
+        "gre_local": str(gre.local) if gre.local else "0.0.0.0",
+        "gre_link": gre.link,
+        "gre_ttl": gre.ttl,
+        "gre_pmtudisc": int(gre.pmtudisc),
+        "gre_iflags": GRE_KEY_FLAG if gre.ikey is not None else 0,
+        "gre_oflags": GRE_KEY_FLAG if gre.okey is not None else 0,
+    }
+    if gre.ikey is not None:
+        kwargs["gre_ikey"] = gre.ikey
+    if gre.okey is not None:
+        kwargs["gre_okey"] = gre.okey
+    return kwargs
+
+
+class Rtnl:
+    """One rtnetlink socket in one namespace. ``writes`` counts every change we asked for."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self.writes = 0
+        self._ipr: Any = None
+
+    async def open(self) -> None:
+        if self._ipr is not None:
+            return
+        kwargs: dict[str, Any] = {}
+        if self.netns is not None:
+            # flags=0: never create a namespace that is gone (pyroute2's default would).
+            kwargs = {"netns": netns_path(self.netns), "flags": 0}
+        ipr = AsyncIPRoute(**kwargs)
+        try:
+            await ipr.setup_endpoint()
+        except (OSError, NetlinkError) as err:
+            ipr.close()
+            raise NamespaceGone(f"cannot open netlink in namespace {self.netns}: {err}") from err
+        self._ipr = ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    @property
+    def ipr(self) -> Any:
+        if self._ipr is None:
+            raise DataplaneError("netlink socket is not open (use 'async with')")
+        return self._ipr
+
+    async def _write(self, action: str, call: Callable[[], Awaitable[Any]], ok_codes: frozenset[int]) -> bool:
+        """Issue one write; False if the kernel answered with an errno in ``ok_codes``."""
+        self.writes += 1
+        try:
+            await call()
+        except NetlinkError as err:
+            if err.code in ok_codes:
+                return False
+            raise netlink_failure(action, err.code) from err
+        return True
+
+    # --- links -----------------------------------------------------------------------------------
+
+    async def link_by_name(self, name: str) -> Link | None:
+        try:
+            msgs = await self.ipr.link("get", ifname=name)
+        except NetlinkError as err:
+            if err.code in NOT_THERE:
+                return None
+            raise netlink_failure(f"get link {name}", err.code) from err
+        return parse_link(msgs[0]) if msgs else None
+
+    async def link_by_index(self, index: int) -> Link | None:
+        try:
+            msgs = await self.ipr.link("get", index=index)
+        except NetlinkError as err:
+            if err.code in NOT_THERE:
+                return None
+            raise netlink_failure(f"get link #{index}", err.code) from err
+        return parse_link(msgs[0]) if msgs else None
+
+    async def create_gre(self, name: str, gre: GreParams, mtu: int) -> None:
+        await self._write(
+            f"create GRE device {name}",
+            lambda: self.ipr.link("add", ifname=name, kind="gre", mtu=mtu, **gre_kwargs(gre)),
+            frozenset(),
+        )
+
+    async def change_gre(self, index: int, gre: GreParams, mtu: int) -> None:
+        # The kernel rebuilds all GRE parameters from one changelink (absent ones become 0) and
+        # recomputes the MTU unless IFLA_MTU comes with it: so we always send the full set.
+        await self._write(
+            f"change GRE device #{index}",
+            lambda: self.ipr.link("set", index=index, kind="gre", mtu=mtu, **gre_kwargs(gre)),
+            frozenset(),
+        )
+
+    async def set_mtu(self, index: int, mtu: int) -> None:
+        await self._write(f"set mtu {mtu} on #{index}", lambda: self.ipr.link("set", index=index, mtu=mtu), frozenset())
+
+    async def set_flag(self, index: int, flag: int, on: bool) -> None:
+        await self._write(
+            f"set flag {flag:#x}={on} on #{index}",
+            lambda: self.ipr.link("set", index=index, flags=flag if on else 0, change=flag),
+            frozenset(),
+        )
+
+    async def delete_link(self, index: int) -> bool:
+        return await self._write(f"delete link #{index}", lambda: self.ipr.link("del", index=index), NOT_THERE)
+
+    # --- addresses -------------------------------------------------------------------------------
+
+    async def addresses(self, index: int) -> list[IPv4Interface]:
+        found: list[IPv4Interface] = []
+        async for msg in await self.ipr.addr("dump", family=socket.AF_INET, index=index):
+            if int(msg["index"]) != index:
+                continue
+            local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            found.append(IPv4Interface(f"{local}/{int(msg['prefixlen'])}"))
+        return found
+
+    async def add_address(self, index: int, address: IPv4Interface) -> None:
+        await self._write(
+            f"add address {address} on #{index}",
+            lambda: self.ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen),
+            frozenset({EEXIST}),
+        )
+
+    async def delete_address(self, index: int, address: IPv4Interface) -> None:
+        await self._write(
+            f"delete address {address} on #{index}",
+            lambda: self.ipr.addr("del", index=index, address=str(address.ip), prefixlen=address.network.prefixlen),
+            NOT_THERE | {99},  # EADDRNOTAVAIL: already gone
+        )
+
+    # --- neighbours ------------------------------------------------------------------------------
+
+    async def neighbours(self, index: int) -> list[NeighEntry]:
+        found: list[NeighEntry] = []
+        async for msg in await self.ipr.neigh("dump", family=socket.AF_INET, ifindex=index):
+            if int(msg["ifindex"]) != index:
+                continue
+            entry = parse_neigh(msg)
+            if entry is not None:
+                found.append(entry)
+        return found
+
+    async def replace_neighbour(self, index: int, dst: IPv4Address, lladdr: IPv4Address, proto: int) -> None:
+        await self._write(
+            f"set neighbour {dst} lladdr {lladdr} on #{index}",
+            lambda: self.ipr.neigh(
+                "replace",
+                ifindex=index,
+                dst=str(dst),
+                lladdr=str(lladdr),
+                state=NUD_PERMANENT,
+                protocol=proto,
+                family=socket.AF_INET,
+            ),
+            frozenset(),
+        )
+
+    async def delete_neighbour(self, index: int, dst: IPv4Address) -> bool:
+        return await self._write(
+            f"delete neighbour {dst} on #{index}",
+            lambda: self.ipr.neigh("del", ifindex=index, dst=str(dst), family=socket.AF_INET),
+            NOT_THERE,
+        )
+
+    # --- routes ----------------------------------------------------------------------------------
+
+    async def routes(self, proto: int, table: int = RT_TABLE_MAIN) -> list[RouteEntry]:
+        found: list[RouteEntry] = []
+        async for msg in await self.ipr.route("dump", family=socket.AF_INET, table=table):
+            entry = parse_route(msg)
+            if entry is not None and entry.proto == proto and entry.table == table:
+                found.append(entry)
+        return found
+
+    def _route_kwargs(
+        self, prefix: IPv4Network, via: IPv4Address | None, oif: int, metric: int, proto: int
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "dst": str(prefix.network_address),
+            "dst_len": prefix.prefixlen,
+            "oif": oif,
+            "proto": proto,
+            "table": RT_TABLE_MAIN,
+            "type": RTN_UNICAST,
+            "priority": metric,
+            "family": socket.AF_INET,
+        }
+        if via is None:
+            kwargs["scope"] = RT_SCOPE_LINK
+        else:
+            kwargs.update(gateway=str(via), flags=RTNH_F_ONLINK, scope=RT_SCOPE_UNIVERSE)
+        return kwargs
+
+    async def add_route(self, prefix: IPv4Network, via: IPv4Address | None, oif: int, metric: int, proto: int) -> bool:
+        """Create (never replace); False if a route with the same key already exists (maybe not ours)."""
+        kwargs = self._route_kwargs(prefix, via, oif, metric, proto)
+        return await self._write(f"add route {prefix}", lambda: self.ipr.route("add", **kwargs), frozenset({EEXIST}))
+
+    async def replace_route(
+        self, prefix: IPv4Network, via: IPv4Address | None, oif: int, metric: int, proto: int
+    ) -> None:
+        kwargs = self._route_kwargs(prefix, via, oif, metric, proto)
+        await self._write(f"replace route {prefix}", lambda: self.ipr.route("replace", **kwargs), frozenset())
+
+    async def delete_route(self, route: RouteEntry) -> bool:
+        kwargs: dict[str, Any] = {
+            "dst": str(route.prefix.network_address),
+            "dst_len": route.prefix.prefixlen,
+            "proto": route.proto,
+            "table": route.table,
+            "priority": route.metric,
+            "family": socket.AF_INET,
+        }
+        if route.oif is not None:
+            kwargs["oif"] = route.oif
+        return await self._write(f"delete route {route.prefix}", lambda: self.ipr.route("del", **kwargs), NOT_THERE)
