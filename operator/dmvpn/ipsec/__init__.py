@@ -21,7 +21,15 @@ Mode ``required`` on the receive side: :func:`install_guard` (nftables, counted 
 
 from __future__ import annotations
 
-from dmvpn.ipsec.guard import GUARD_TABLE, guard_counters, install_guard, remove_guard, render_guard, set_larval_drop
+from dmvpn.ipsec.guard import (
+    GUARD_TABLE,
+    guard_counters,
+    install_guard,
+    parse_counters,
+    remove_guard,
+    render_guard,
+    set_larval_drop,
+)
 from dmvpn.ipsec.manager import DEFAULT_SOCKET, IpsecManager, SaEventStream
 from dmvpn.ipsec.tiebreak import DEFAULT_FALLBACK_S, fallback_due, keep_duplicate, we_initiate
 from dmvpn.ipsec.types import (
@@ -73,6 +81,7 @@ __all__ = [
     "guard_counters",
     "install_guard",
     "keep_duplicate",
+    "parse_counters",
     "peer_conn_name",
     "peer_of_conn",
     "remove_guard",

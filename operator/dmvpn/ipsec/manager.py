@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from dmvpn.ipsec.tiebreak import DEFAULT_FALLBACK_S
+from dmvpn.ipsec.client import ViciConnection, ViciMessage
+from dmvpn.ipsec.parse import parse_rekey, parse_sas, parse_updown
+from dmvpn.ipsec.render import (
+    ViciDict,
+    render_conns,
+    render_credentials,
+    render_initiate,
+    render_shared,
+    render_terminate,
+)
+from dmvpn.ipsec.state import SaTable, Transition
+from dmvpn.ipsec.tiebreak import DEFAULT_FALLBACK_S, keep_duplicate, we_initiate
 from dmvpn.ipsec.types import (
+    PEER_CONN_PREFIX,
+    PSK_ID,
+    RESPONDER_CONN,
     ApplyReport,
+    CharonUnavailable,
     IkeSaInfo,
     InitiatePolicy,
     PeerAction,
@@ -17,17 +37,52 @@ from dmvpn.ipsec.types import (
     SaEvent,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_SOCKET = Path("/run/charon.vici")
+EVENTS = ("ike-updown", "child-updown", "ike-rekey", "child-rekey")
+#: IKE_SA states in which an SA to the peer exists or is being made (no second initiation then).
+_ALIVE = frozenset({"CREATED", "CONNECTING", "ESTABLISHED", "PASSIVE", "REKEYING", "REKEYED"})
+#: Retry interval of an ALWAYS peer (hub) whose SA does not come up: doubles up to the maximum.
+_RETRY_S = 2.0
+_RETRY_MAX_S = 60.0
 
 
 class SaEventStream:
-    """One subscriber's queue of :class:`SaEvent` (``async for event in stream``); ``close()`` ends it."""
+    """One subscriber's queue of :class:`SaEvent` (``async for event in stream``); ``close()`` ends it.
+
+    The queue is unbounded: a subscriber must keep reading (there is one event per peer transition)."""
+
+    def __init__(self, unsubscribe: Callable[[SaEventStream], None]) -> None:
+        self._queue: asyncio.Queue[SaEvent | None] = asyncio.Queue()
+        self._unsubscribe = unsubscribe
+        self._closed = False
+
+    def put(self, event: SaEvent) -> None:
+        if not self._closed:
+            self._queue.put_nowait(event)
 
     def __aiter__(self) -> AsyncIterator[SaEvent]:
-        raise NotImplementedError
+        return self
+
+    async def __anext__(self) -> SaEvent:
+        item = await self._queue.get()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    async def next(self, timeout_s: float) -> SaEvent | None:
+        """The next event, or None after ``timeout_s`` (or once closed)."""
+        try:
+            return await asyncio.wait_for(self.__anext__(), timeout_s)
+        except (TimeoutError, StopAsyncIteration):
+            return None
 
     def close(self) -> None:
-        raise NotImplementedError
+        if not self._closed:
+            self._closed = True
+            self._unsubscribe(self)
+            self._queue.put_nowait(None)
 
 
 class IpsecManager:
@@ -35,8 +90,8 @@ class IpsecManager:
 
     Two VICI connections: one for commands (serialised), one for ``ike-updown``/``child-updown``/
     ``ike-rekey``/``child-rekey`` events, from which the per-peer SA state (:meth:`sa_up`) and the event
-    stream (:meth:`events`) are kept. If charon restarts, the manager reconnects with backoff, reloads
-    the profile and re-ensures the peers, and reports every peer down meanwhile.
+    stream (:meth:`events`) are kept. If charon restarts, the manager reports every peer down, reconnects
+    with backoff, reloads the profile, re-reads the SAs and re-ensures the peers.
 
         async with IpsecManager(profile, socket_path=Path("/run/charon.vici")) as ipsec:
             stream = ipsec.events()
@@ -57,16 +112,48 @@ class IpsecManager:
         self.socket_path = socket_path
         self.fallback_s = fallback_s
         self.reconnect_max_s = reconnect_max_s
+        self._table = SaTable()
+        self._desired: dict[IPv4Address, InitiatePolicy] = {}
+        self._cmd: ViciConnection | None = None
+        self._ev: ViciConnection | None = None
+        self._loaded_conns: dict[str, ViciDict] = {}
+        self._loaded_shared: dict[str, ViciDict] = {}
+        self._loaded_creds: tuple[list[ViciDict], list[ViciDict]] | None = None
+        self._subscribers: list[SaEventStream] = []
+        self._changed = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._peer_tasks: dict[IPv4Address, asyncio.Task[None]] = {}
+        self._helpers: set[asyncio.Task[Any]] = set()
+        self._apply_lock = asyncio.Lock()
+        self._closing = False
+        self.initiations = 0
+        """How many ``initiate`` commands this manager sent (tests check the tie-break with it)."""
+
+    # --- life cycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Connect both sessions, apply the profile, read the current SAs; raises CharonUnavailable if
         charon does not answer."""
-        raise NotImplementedError
+        await self._connect()
+        await self._after_connect()
+        self._runner = asyncio.create_task(self._run(), name="dmvpn-ipsec-events")
 
     async def close(self) -> None:
         """Stop the event task and close the sessions. SAs and connections stay in charon (an agent restart
         must not cut traffic); use :meth:`remove_peer` to tear a peer down."""
-        raise NotImplementedError
+        self._closing = True
+        tasks = [*self._peer_tasks.values(), *self._helpers]
+        if self._runner is not None:
+            tasks.append(self._runner)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._peer_tasks.clear()
+        await self._disconnect()
+        for stream in list(self._subscribers):
+            stream.close()
 
     async def __aenter__(self) -> IpsecManager:
         await self.start()
@@ -77,42 +164,316 @@ class IpsecManager:
     ) -> None:
         await self.close()
 
-    async def apply(self, profile: ProtectionProfile | None = None) -> ApplyReport:
-        """Make charon hold exactly our connections, shared secret and credentials for ``profile`` (default:
-        the current one) and the ensured peers. Idempotent: a second call loads nothing and no SA drops."""
-        raise NotImplementedError
+    async def _connect(self) -> None:
+        cmd = await ViciConnection.open(self.socket_path)
+        try:
+            ev = await ViciConnection.open(self.socket_path)
+            await ev.subscribe(EVENTS)
+        except BaseException:
+            await cmd.close()
+            raise
+        self._cmd, self._ev = cmd, ev
+        # A new charon knows nothing of what we loaded into the old one.
+        self._loaded_conns.clear()
+        self._loaded_shared.clear()
+        self._loaded_creds = None
 
-    async def ensure_peer(self, nbma: IPv4Address, policy: InitiatePolicy = InitiatePolicy.AUTO) -> PeerAction:
-        """Make sure a protected SA to ``nbma`` exists or is coming: loads the per-peer connection and
-        initiates it unless the tie-break says the peer does (then a fallback initiation is scheduled).
-        Returns at once (IKE runs in the background); watch :meth:`events` or await :meth:`wait_sa_up`."""
-        raise NotImplementedError
+    async def _disconnect(self) -> None:
+        for conn in (self._cmd, self._ev):
+            if conn is not None:
+                await conn.close()
+        self._cmd = self._ev = None
 
-    async def remove_peer(self, nbma: IPv4Address) -> None:
-        """Forget the peer: terminate its IKE_SAs (and CHILD_SAs) and unload its connection. Idempotent."""
-        raise NotImplementedError
+    async def _after_connect(self) -> None:
+        await self.apply()
+        self._publish(self._table.sync(await self.list_sas()), "sync")
+        for peer, policy in self._desired.items():
+            self._start_keeper(peer, policy)
 
-    def sa_up(self, nbma: IPv4Address) -> bool:
-        """True if a CHILD_SA to ``nbma`` is installed (from events, no round trip to charon)."""
-        raise NotImplementedError
+    async def _run(self) -> None:
+        """Read events until closed; on a lost connection, report all peers down and reconnect."""
+        while not self._closing:
+            try:
+                ev = self._ev
+                if ev is None:
+                    raise CharonUnavailable("not connected")
+                name, message = await ev.next_event()
+            except CharonUnavailable as error:
+                if self._closing:
+                    return
+                log.warning("lost charon (%s); reconnecting", error)
+                self._publish(self._table.clear(), "disconnect")
+                await self._disconnect()
+                await self._reconnect()
+                continue
+            try:
+                self._on_event(name, message)
+            except Exception:  # a malformed event must not end event handling
+                log.exception("could not handle VICI event %s", name)
 
-    async def wait_sa_up(self, nbma: IPv4Address, timeout_s: float) -> bool:
-        """Wait until :meth:`sa_up` is True for ``nbma``, at most ``timeout_s``; returns the final state."""
-        raise NotImplementedError
+    async def _reconnect(self) -> None:
+        """Retry until charon answers again (or we close), backing off up to ``reconnect_max_s``."""
+        delay = 0.2
+        while not self._closing:
+            try:
+                await self._connect()
+                await self._after_connect()
+                log.info("reconnected to charon at %s", self.socket_path)
+                return
+            except CharonUnavailable as error:
+                log.debug("charon not back yet: %s", error)
+                await self._disconnect()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max_s)
+
+    # --- events -------------------------------------------------------------------------------------
+
+    def _on_event(self, name: str, message: ViciMessage) -> None:
+        transitions: list[Transition] = []
+        if name in ("ike-updown", "child-updown"):
+            for updown in parse_updown(name, message):
+                transitions += self._table.apply_updown(updown)
+        elif name in ("ike-rekey", "child-rekey"):
+            for rekey in parse_rekey(name, message):
+                transitions += self._table.apply_rekey(rekey)
+        self._publish(transitions, name)
+        for peer, up in transitions:
+            if up and len(self._table.ikes_of(peer)) > 1:
+                self._spawn(self._dedupe(peer))
+
+    def _publish(self, transitions: list[Transition], reason: str) -> None:
+        now = datetime.now(UTC)
+        for peer, up in transitions:
+            log.info("IPsec to %s %s (%s)", peer, "up" if up else "down", reason)
+            event = SaEvent(peer, up, reason, now)
+            for stream in list(self._subscribers):
+                stream.put(event)
+        if transitions:
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
 
     def events(self) -> SaEventStream:
         """Subscribe to per-peer SA up/down transitions from now on (each subscriber gets every event)."""
-        raise NotImplementedError
+        stream = SaEventStream(self._subscribers.remove)
+        self._subscribers.append(stream)
+        return stream
+
+    def sa_up(self, nbma: IPv4Address) -> bool:
+        """True if a CHILD_SA to ``nbma`` is installed (from events, no round trip to charon)."""
+        return self._table.up(nbma)
+
+    def up_peers(self) -> frozenset[IPv4Address]:
+        """Every peer with an installed CHILD_SA, ensured or not (peers may initiate to us)."""
+        return self._table.up_peers()
+
+    async def wait_sa_up(self, nbma: IPv4Address, timeout_s: float) -> bool:
+        """Wait until :meth:`sa_up` is True for ``nbma``, at most ``timeout_s``; returns the final state."""
+        return await self._wait_state(nbma, True, timeout_s)
+
+    async def _wait_state(self, nbma: IPv4Address, up: bool, timeout_s: float | None) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while self._table.up(nbma) != up:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return self._table.up(nbma) == up
+
+    # --- commands -----------------------------------------------------------------------------------
+
+    def _session(self) -> ViciConnection:
+        if self._cmd is None or self._cmd.closed:
+            raise CharonUnavailable(f"not connected to charon at {self.socket_path}")
+        return self._cmd
+
+    async def apply(self, profile: ProtectionProfile | None = None) -> ApplyReport:
+        """Make charon hold exactly our connections, shared secret and credentials for ``profile`` (default:
+        the current one) and the ensured peers. Idempotent: a second call loads nothing and no SA drops."""
+        async with self._apply_lock:
+            if profile is not None and profile != self.profile:
+                self.profile = profile
+            session = self._session()
+            creds = await self._apply_credentials(session)
+            loaded_shared, unloaded_shared = await self._apply_shared(session)
+            loaded, unloaded = await self._apply_conns(session)
+            return ApplyReport(
+                loaded_conns=loaded,
+                unloaded_conns=unloaded,
+                loaded_shared=loaded_shared,
+                unloaded_shared=unloaded_shared,
+                loaded_credentials=creds,
+            )
+
+    async def _apply_credentials(self, session: ViciConnection) -> tuple[str, ...]:
+        certs, keys = render_credentials(self.profile)
+        if self._loaded_creds == (certs, keys):
+            return ()
+        # load-cert adds to charon's in-memory set (an equal certificate is not duplicated); load-key
+        # replaces the key with the same key id.
+        for cert in certs:
+            await session.request("load-cert", cert)
+        for key in keys:
+            await session.request("load-key", key)
+        self._loaded_creds = (certs, keys)
+        return tuple(["ca-certificate", "certificate"][: len(certs)] + ["private-key"] * len(keys))
+
+    async def _apply_shared(self, session: ViciConnection) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        desired = render_shared(self.profile)
+        present = {_text(key) for key in (await session.request("get-shared")).get("keys", [])}
+        loaded, unloaded = [], []
+        for ident, message in desired.items():
+            if ident not in present or self._loaded_shared.get(ident) != message:
+                await session.request("load-shared", message)
+                self._loaded_shared[ident] = message
+                loaded.append(ident)
+        for ident in sorted(present - desired.keys()):
+            if ident == PSK_ID:
+                await session.request("unload-shared", {"id": ident})
+                self._loaded_shared.pop(ident, None)
+                unloaded.append(ident)
+        return tuple(loaded), tuple(unloaded)
+
+    async def _apply_conns(self, session: ViciConnection) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        desired = render_conns(self.profile, frozenset(self._desired))
+        present = {_text(name) for name in (await session.request("get-conns")).get("conns", [])}
+        loaded, unloaded = [], []
+        for name, conn in desired.items():
+            if name not in present or self._loaded_conns.get(name) != conn:
+                # charon keeps the SAs of a connection reloaded with an unchanged config.
+                await session.request("load-conn", {name: conn})
+                self._loaded_conns[name] = conn
+                loaded.append(name)
+        for name in sorted(present - desired.keys()):
+            if _ours(name):
+                await session.request("unload-conn", {"name": name})
+                self._loaded_conns.pop(name, None)
+                unloaded.append(name)
+        return tuple(loaded), tuple(unloaded)
+
+    async def list_sas(self) -> list[IkeSaInfo]:
+        """All IKE_SAs charon holds, with CHILD_SAs, SPIs and counters (``dmvpnctl show ipsec``)."""
+        items, _ = await self._session().streamed("list-sas", "list-sa", {"noblock": "yes"})
+        return parse_sas(items)
+
+    async def _sas_to(self, peer: IPv4Address) -> list[IkeSaInfo]:
+        return [ike for ike in await self.list_sas() if ike.remote_host == peer]
+
+    async def _in_progress(self, peer: IPv4Address) -> bool:
+        return any(ike.state in _ALIVE for ike in await self._sas_to(peer))
+
+    async def _initiate(self, peer: IPv4Address) -> None:
+        self.initiations += 1
+        log.info("initiating IPsec to %s", peer)
+        await self._session().request("initiate", render_initiate(peer))
+
+    # --- peers --------------------------------------------------------------------------------------
 
     @property
     def peers(self) -> frozenset[IPv4Address]:
         """Peers currently ensured (desired), whatever their SA state."""
-        raise NotImplementedError
+        return frozenset(self._desired)
 
-    async def list_sas(self) -> list[IkeSaInfo]:
-        """All IKE_SAs charon holds, with CHILD_SAs, SPIs and counters (``dmvpnctl show ipsec``)."""
-        raise NotImplementedError
+    async def ensure_peer(self, nbma: IPv4Address, policy: InitiatePolicy = InitiatePolicy.AUTO) -> PeerAction:
+        """Make sure a protected SA to ``nbma`` exists or is coming: loads the per-peer connection and
+        initiates it unless the tie-break says the peer does (then a fallback initiation is scheduled).
+        Returns at once (IKE runs in the background); watch :meth:`events` or await :meth:`wait_sa_up`.
+
+        The peer stays desired even if this raises CharonUnavailable: it is ensured again on reconnect."""
+        if nbma == self.profile.local_nbma:
+            raise ValueError(f"{nbma} is our own NBMA address")
+        changed = self._desired.get(nbma) != policy
+        self._desired[nbma] = policy
+        await self.apply()
+        if self._table.up(nbma):
+            action = PeerAction.ALREADY_UP
+        elif we_initiate(self.profile.local_nbma, nbma, policy):
+            if not await self._in_progress(nbma):
+                await self._initiate(nbma)
+            action = PeerAction.INITIATED
+        else:
+            action = PeerAction.WAITING
+        if changed or nbma not in self._peer_tasks:
+            self._start_keeper(nbma, policy, initiated=action is not PeerAction.WAITING)
+        return action
+
+    async def remove_peer(self, nbma: IPv4Address) -> None:
+        """Forget the peer: terminate its IKE_SAs (and CHILD_SAs) and unload its connection. Idempotent."""
+        self._desired.pop(nbma, None)
+        task = self._peer_tasks.pop(nbma, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.terminate_peer(nbma)
+        await self.apply()
 
     async def terminate_peer(self, nbma: IPv4Address) -> int:
         """Terminate every IKE_SA to ``nbma`` (the connection stays loaded); returns how many."""
-        raise NotImplementedError
+        sas = await self._sas_to(nbma)
+        for ike in sas:
+            await self._session().request("terminate", render_terminate(ike.unique_id), check=False)
+        return len(sas)
+
+    def _start_keeper(self, peer: IPv4Address, policy: InitiatePolicy, initiated: bool = False) -> None:
+        old = self._peer_tasks.pop(peer, None)
+        if old is not None:
+            old.cancel()
+        self._peer_tasks[peer] = asyncio.create_task(
+            self._keep_peer(peer, policy, initiated), name=f"dmvpn-ipsec-{peer}"
+        )
+
+    async def _keep_peer(self, peer: IPv4Address, policy: InitiatePolicy, initiated: bool) -> None:
+        """Per-peer background duty: the fallback initiation (AUTO, waiting side) or keeping a hub's SA up
+        (ALWAYS). Ends with :meth:`remove_peer`, :meth:`close` or a new policy for the peer."""
+        try:
+            if policy is InitiatePolicy.AUTO and not we_initiate(self.profile.local_nbma, peer, policy):
+                if not await self._wait_state(peer, True, self.fallback_s) and not await self._in_progress(peer):
+                    log.info("no SA from %s within %.1f s: initiating ourselves", peer, self.fallback_s)
+                    await self._initiate(peer)
+            elif policy is InitiatePolicy.ALWAYS:
+                await self._keep_up(peer, initiated)
+        except CharonUnavailable:
+            log.debug("keeper of %s stops until charon is back", peer)  # restarted after reconnect
+
+    async def _keep_up(self, peer: IPv4Address, initiated: bool) -> None:
+        retry = _RETRY_S
+        while peer in self._desired and not self._closing:
+            if not initiated and not self._table.up(peer) and not await self._in_progress(peer):
+                await self._initiate(peer)
+            initiated = False
+            if await self._wait_state(peer, True, retry):
+                retry = _RETRY_S
+                await self._wait_state(peer, False, None)
+                log.info("IPsec to %s went down; initiating again", peer)
+            else:
+                retry = min(retry * 2, _RETRY_MAX_S)
+
+    async def _dedupe(self, peer: IPv4Address) -> None:
+        """Two established IKE_SAs to one peer (a fallback crossed the peer's initiation): the end with
+        the lower NBMA address terminates all but the one both ends agree to keep."""
+        if int(self.profile.local_nbma) > int(peer):
+            return
+        ikes = self._table.ikes_of(peer)
+        keep = keep_duplicate(self.profile.local_nbma, peer, tuple(ike.initiator for ike in ikes))
+        if keep is None:
+            return
+        for index, ike in enumerate(ikes):
+            if index != keep:
+                log.info("terminating duplicate IKE_SA %d to %s", ike.unique_id, peer)
+                with contextlib.suppress(CharonUnavailable):
+                    await self._session().request("terminate", render_terminate(ike.unique_id), check=False)
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _ours(conn: str) -> bool:
+    return conn == RESPONDER_CONN or conn.startswith(PEER_CONN_PREFIX)
