@@ -42,7 +42,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pods", type=int, default=200, help="pods to add and delete (default 200)")
     parser.add_argument("--cni-version", default="1.0.0", help="cniVersion of both configs (default 1.0.0)")
-    parser.add_argument("--python", default="", help="interpreter for the plugin (DMVPN_CNI_PYTHON)")
+    parser.add_argument("--python", default="/usr/bin/python3", help="the node's python3 (default /usr/bin/python3)")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not 1 <= args.pods <= 1000:
@@ -109,12 +109,10 @@ def run_inner(args: argparse.Namespace) -> int:
         },
     }
     env = {"PATH": NODE_PATH, "CNI_PATH": f"{REFERENCE_PLUGINS}:{PLUGIN_DIR}", "CNI_IFNAME": "eth0"}
-    if args.python:
-        env["DMVPN_CNI_PYTHON"] = args.python
     floor_conf = {**bridge_conf, "name": "floorbench", "bridge": "floorb-br0"}
     floor_conf["ipam"] = {**bridge_conf["ipam"], "ranges": [[{"subnet": "10.244.252.0/24"}]]}
     plugins = {
-        "dmvpn": (str(PLUGIN_DIR / "dmvpn"), ours_conf),
+        "dmvpn": (install_plugin(workdir, args.python), ours_conf),
         "bridge": (str(REFERENCE_PLUGINS / "bridge"), bridge_conf),
         "py-floor": (write_python_floor(workdir, args.python), floor_conf),
     }
@@ -139,14 +137,21 @@ def run_inner(args: argparse.Namespace) -> int:
     return 0
 
 
+def install_plugin(workdir: Path, python: str) -> str:
+    """Install launcher + package into a bin dir as the chart does, the launcher pointed at ``python``."""
+    bin_dir = workdir / "bin"
+    shutil.copytree(PLUGIN_DIR / "dmvpn_cni", bin_dir / "dmvpn_cni", ignore=shutil.ignore_patterns("__pycache__"))
+    source = (PLUGIN_DIR / "dmvpn").read_text().splitlines(keepends=True)
+    launcher = bin_dir / "dmvpn"
+    launcher.write_text(f"#!{python} -IS\n" + "".join(source[1:]))
+    launcher.chmod(0o755)
+    return str(launcher)
+
+
 def write_python_floor(workdir: Path, python: str) -> str:
     """The least any Python plugin costs: start the interpreter as our launcher does, exec bridge."""
     floor = workdir / "python-floor"
-    interpreter = python or "python3"
-    floor.write_text(
-        f'#!/bin/sh\n"exec" "{interpreter}" "-I" "-S" "$0" "$@"\n'
-        f"import posix\nposix.execv({str(REFERENCE_PLUGINS / 'bridge')!r}, ['bridge'])\n"
-    )
+    floor.write_text(f"#!{python} -IS\nimport posix\nposix.execv({str(REFERENCE_PLUGINS / 'bridge')!r}, ['bridge'])\n")
     floor.chmod(0o755)
     return str(floor)
 

@@ -10,6 +10,7 @@ all a Linux CNI plugin sees). Cold paths (CHECK, GC) simply use ``os``.
 from __future__ import annotations
 
 import posix
+import sys
 from posix import (
     O_CLOEXEC,
     O_CREAT,
@@ -54,6 +55,7 @@ __all__ = [
     "dirname",
     "environ_bytes",
     "exists",
+    "exit_now",
     "fstat",
     "fsync",
     "getpid",
@@ -132,3 +134,17 @@ def makedirs(path: str, mode: int) -> None:
             raise
         makedirs(parent, mode)
         makedirs(path, mode)
+
+
+def exit_now(status: int) -> None:
+    """Flush stdout/stderr and end the process without interpreter finalization.
+
+    Tearing down the interpreter (module dicts, GC) costs about 1.3 ms of a plugin call and buys
+    nothing here: by the time the plugin has answered, every file it wrote is closed.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            continue  # a closed or missing stream has nothing left to lose
+    posix._exit(status)

@@ -22,18 +22,18 @@ def install(bin_dir: Path) -> Path:
     return bin_dir / "dmvpn"
 
 
-def lifecycle(node: Node, plugin: Path, cni_path: str, env: dict[str, str] | None = None) -> None:
-    variables = {"CNI_PATH": cni_path, **(env or {})}
+def lifecycle(node: Node, plugin: Path, cni_path: str, interpreter: list[str] | None = None) -> None:
+    options = {"plugin": plugin, "env": {"CNI_PATH": cni_path}, "interpreter": interpreter}
     pod = node.pod()
-    result = node.add(pod, plugin=plugin, env=variables)
-    done = node.run("CHECK", node.conf(prevResult=result), pod=pod, plugin=plugin, env=variables)
+    result = node.add(pod, **options)
+    done = node.run("CHECK", node.conf(prevResult=result), pod=pod, **options)
     assert done.returncode == 0, done.stdout + done.stderr
     gc_conf = node.conf()
     gc_conf["cni.dev/valid-attachments"] = [{"containerID": pod, "ifname": "eth0"}]
     for command, conf in (("STATUS", node.conf()), ("GC", gc_conf)):
-        done = node.run(command, conf, plugin=plugin, env=variables)
+        done = node.run(command, conf, **options)
         assert done.returncode == 0, done.stdout + done.stderr
-    node.delete(pod, plugin=plugin, env=variables)
+    node.delete(pod, **options)
     assert node.allocations() == [] and node.records() == []
 
 
@@ -64,4 +64,12 @@ def test_the_installed_copy_caches_its_bytecode_for_fast_start(node: Node) -> No
 @pytest.mark.parametrize("python", OLD_PYTHONS, ids=lambda path: path.parent.parent.name)
 def test_the_oldest_supported_pythons_run_the_whole_lifecycle(node: Node, python: Path) -> None:
     plugin = install(node.workdir / "opt-cni-bin")
-    lifecycle(node, plugin, f"{REFERENCE_PLUGINS}:{plugin.parent}", env={"DMVPN_CNI_PYTHON": str(python)})
+    lifecycle(node, plugin, f"{REFERENCE_PLUGINS}:{plugin.parent}", interpreter=[str(python), "-I", "-S"])
+
+
+def test_an_installer_can_point_the_launcher_at_another_python(node: Node) -> None:
+    plugin = install(node.workdir / "opt-cni-bin")
+    lines = plugin.read_text().splitlines(keepends=True)
+    python = OLD_PYTHONS[0] if OLD_PYTHONS else Path("/usr/bin/python3")
+    plugin.write_text(f"#!{python} -IS\n" + "".join(lines[1:]))  # what docs/cni.md tells installers
+    lifecycle(node, plugin, f"{REFERENCE_PLUGINS}:{plugin.parent}")
