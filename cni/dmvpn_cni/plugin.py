@@ -71,10 +71,8 @@ class Invocation:
             self.reply_version = version
         return NetConf(raw)
 
-    def attachment(self, netns: str | None = None) -> Attachment:
-        return Attachment(
-            self.env.container_id, self.env.netns if netns is None else netns, self.env.ifname, self.env.args
-        )
+    def attachment(self) -> Attachment:
+        return Attachment(self.env.container_id, self.env.netns, self.env.ifname, self.env.args)
 
 
 def delegate_version(conf: NetConf, bridge: str) -> str:
