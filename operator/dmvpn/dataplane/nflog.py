@@ -183,7 +183,8 @@ def _expect_ack(sock: socket.socket, request: bytes, group: int) -> None:
         for message in split_messages(sock.recv(65536)):
             if message.type == NLMSG_ERROR and message.seq == seq:
                 code = ack_error(message)
-                if code == errno.EBUSY:
+                # The kernel answers EPERM (another port id owns the instance) or EBUSY.
+                if code in (errno.EPERM, errno.EBUSY):
                     raise DataplaneError(f"NFLOG group {group} is already bound by another listener")
                 if code:
                     raise DataplaneError(f"NFLOG config for group {group}: {errno.errorcode.get(code, code)}")
