@@ -145,3 +145,15 @@ def test_leaked_allocations_parses_both_host_local_file_formats(tmp_path: Path) 
 
     leaked = leaked_allocations(str(tmp_path), {("kept", "eth0")}, cutoff=time.time() - 10)
     assert leaked == {("gone", "eth0"), ("legacy-gone", "")}
+
+
+@given(JSON_VALUES)
+def test_jsonio_without_the_c_accelerator_falls_back_to_the_json_module(value: Any) -> None:
+    saved = jsonio._scan, jsonio._escape
+    jsonio._scan, jsonio._escape = None, None
+    try:
+        assert jsonio.loads(jsonio.dumps(value)) == value
+        with pytest.raises(jsonio.JSONError):
+            jsonio.loads('{"a": NaN}')
+    finally:
+        jsonio._scan, jsonio._escape = saved
