@@ -3,9 +3,10 @@
 Two kinds of leftovers exist. Attachments we recorded are undone with the recorded delegate
 config (bridge DEL: host-local release, veth removal if the netns still exists). Allocations
 host-local holds without a record of ours (a record lost in a crash, an ADD killed at the wrong
-moment) are released by host-local itself: bridges that speak 1.1.0 get the GC forwarded, older
-ones (Debian's 1.1.1 knows no GC) get a host-local DEL per leaked owner, which we find by reading
-host-local's allocation files (``<ipamDataDir>/<network>/<ip>`` holding ``<containerID>\\r\\n<ifname>``).
+moment) are released by host-local itself: GC is forwarded to bridge (or else host-local) when it
+speaks 1.1.0; older ones (Debian's 1.1.1 knows no GC) get a host-local DEL per leaked owner, which
+we find by reading host-local's allocation files (``<ipamDataDir>/<network>/<ip>`` holding
+``<containerID>\\r\\n<ifname>``).
 
 Entries younger than ``gcGraceSeconds`` are left alone: an ADD that is still running is in no
 runtime's list of valid attachments yet.
@@ -61,8 +62,11 @@ def collect_garbage(conf: NetConf, search_path: list[str]) -> None:
     store = AttachmentStore(conf.data_dir, conf.name)
     bridge = find_delegates(search_path)
     failures = _release_recorded(store, bridge, valid, cutoff, search_path)
+    host_local = find_plugin(HOST_LOCAL, search_path)
     if "1.1.0" in supported_versions(bridge, conf.data_dir):
-        failures += _forward_gc(conf, store, bridge, valid, search_path)
+        failures += _forward_gc(conf, store, bridge, valid, search_path, ipam_only=False)
+    elif "1.1.0" in supported_versions(host_local, conf.data_dir):
+        failures += _forward_gc(conf, store, host_local, valid, search_path, ipam_only=True)
     else:
         failures += _release_leaked_allocations(conf, store, valid, cutoff, search_path)
     if failures:
@@ -103,16 +107,24 @@ def _release_recorded(
 
 
 def _forward_gc(
-    conf: NetConf, store: AttachmentStore, bridge: str, valid: set[AttachmentKey], search_path: list[str]
+    conf: NetConf,
+    store: AttachmentStore,
+    plugin: str,
+    valid: set[AttachmentKey],
+    search_path: list[str],
+    *,
+    ipam_only: bool,
 ) -> list[str]:
+    """GC through a delegate that knows it: bridge (which passes it on to IPAM), or host-local itself."""
     found = release_config(conf, store, search_path)
     if found is None:
         return []
-    delegate = dict(found[1])
-    delegate["cniVersion"] = "1.1.0"
-    delegate["cni.dev/valid-attachments"] = [{"containerID": cid, "ifname": ifname} for cid, ifname in sorted(valid)]
+    delegate = found[1]
+    forwarded = {"name": conf.name, "ipam": delegate["ipam"]} if ipam_only else dict(delegate)
+    forwarded["cniVersion"] = "1.1.0"
+    forwarded["cni.dev/valid-attachments"] = [{"containerID": cid, "ifname": name} for cid, name in sorted(valid)]
     try:
-        invoke(bridge, "GC", delegate, Attachment(), search_path)
+        invoke(plugin, "GC", forwarded, Attachment(), search_path)
     except CNIError as err:
         return [err.msg]
     return []

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from cnitest import REFERENCE_PLUGINS, Node, in_netns
 
-RECORDING_BRIDGE = """#!/bin/sh
-# A stand-in bridge that speaks CNI 1.1.0: it records what it was asked and succeeds.
+RECORDING_PLUGIN = """#!/bin/sh
+# A stand-in delegate that speaks CNI 1.1.0: it records what it was asked and succeeds.
 cat > "$DELEGATE_LOG/$CNI_COMMAND.json"
 if [ "$CNI_COMMAND" = VERSION ]; then
   echo '{"cniVersion":"1.1.0","supportedVersions":["0.3.1","0.4.0","1.0.0","1.1.0"]}'
@@ -17,14 +17,17 @@ fi
 """
 
 
-def recording_bin(node: Node) -> tuple[Path, Path]:
+def recording_bin(node: Node, fake: str = "bridge") -> tuple[Path, Path]:
+    """A CNI bin dir where ``fake`` is the recording 1.1.0 stand-in and the other is the real one."""
     bin_dir, log_dir = node.workdir / "fakebin", node.workdir / "delegate-log"
     bin_dir.mkdir()
     log_dir.mkdir()
-    bridge = bin_dir / "bridge"
-    bridge.write_text(RECORDING_BRIDGE)
-    bridge.chmod(0o755)
-    (bin_dir / "host-local").symlink_to(REFERENCE_PLUGINS / "host-local")
+    for name in ("bridge", "host-local"):
+        if name == fake:
+            (bin_dir / name).write_text(RECORDING_PLUGIN)
+            (bin_dir / name).chmod(0o755)
+        else:
+            (bin_dir / name).symlink_to(REFERENCE_PLUGINS / name)
     return bin_dir, log_dir
 
 
@@ -56,6 +59,23 @@ def test_gc_is_forwarded_to_a_bridge_that_speaks_1_1_0(node: Node) -> None:
     assert forwarded["cniVersion"] == "1.1.0"
     assert forwarded["cni.dev/valid-attachments"] == [{"containerID": "c1", "ifname": "eth0"}]
     assert forwarded["ipam"]["ranges"] == [[{"subnet": node.subnet}]]
+
+
+def test_gc_goes_to_host_local_when_only_it_speaks_1_1_0(node: Node) -> None:
+    bin_dir, log_dir = recording_bin(node, fake="host-local")
+    body = node.conf(gcGraceSeconds=0)
+    body["cni.dev/valid-attachments"] = []
+    done = node.run("GC", body, env={"CNI_PATH": str(bin_dir), "DELEGATE_LOG": str(log_dir)})
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    forwarded = json.loads((log_dir / "GC.json").read_text())
+    assert forwarded == {
+        "name": node.network,
+        "ipam": forwarded["ipam"],
+        "cniVersion": "1.1.0",
+        "cni.dev/valid-attachments": [],
+    }
+    assert forwarded["ipam"]["type"] == "host-local"
 
 
 def test_status_is_forwarded_to_a_bridge_that_speaks_1_1_0(node: Node) -> None:
