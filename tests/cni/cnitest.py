@@ -29,6 +29,8 @@ REFERENCE_PLUGINS = Path("/usr/lib/cni")
 # What kubelet/containerd hand to plugins on a node: system directories only (no venv, no shims).
 NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TIMEOUT = 60
+# Run the whole suite on another interpreter: DMVPN_TEST_PYTHON=/path/to/python3.9 pytest tests/cni
+TEST_PYTHON = os.environ.get("DMVPN_TEST_PYTHON", "")
 _subnets = itertools.count(1)
 
 # Unit tests of the package import it the way the launcher does.
@@ -174,7 +176,7 @@ class Node:
             variables.pop(name, None)
         payload = stdin if stdin is not None else json.dumps(conf if conf is not None else self.conf()).encode()
         done = subprocess.run(
-            ["nsenter", f"--net=/run/netns/{self.netns}", *(interpreter or []), str(plugin)],
+            ["nsenter", f"--net=/run/netns/{self.netns}", *self._interpreter(plugin, interpreter), str(plugin)],
             input=payload,
             env=variables,
             capture_output=True,
@@ -182,6 +184,14 @@ class Node:
             check=False,
         )
         return PluginRun(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+    @staticmethod
+    def _interpreter(plugin: Path | str, interpreter: list[str] | None) -> list[str]:
+        if interpreter is not None:
+            return interpreter
+        if TEST_PYTHON and Path(plugin).name == "dmvpn":
+            return [TEST_PYTHON, "-I", "-S"]
+        return []
 
     def add(self, pod: str, conf: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         done = self.run("ADD", conf, pod=pod, **kwargs)
