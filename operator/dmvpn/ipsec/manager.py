@@ -230,15 +230,18 @@ class IpsecManager:
 
     def _on_event(self, name: str, message: ViciMessage) -> None:
         transitions: list[Transition] = []
+        came_up: set[IPv4Address] = set()
         if name in ("ike-updown", "child-updown"):
             for updown in parse_updown(name, message):
                 transitions += self._table.apply_updown(updown)
+                if updown.up and updown.ike.remote_host is not None:
+                    came_up.add(updown.ike.remote_host)
         elif name in ("ike-rekey", "child-rekey"):
             for rekey in parse_rekey(name, message):
                 transitions += self._table.apply_rekey(rekey)
         self._publish(transitions, name)
-        for peer, up in transitions:
-            if up and len(self._table.ikes_of(peer)) > 1:
+        for peer in came_up:
+            if len(self._table.ikes_of(peer)) > 1:
                 self._spawn(self._dedupe(peer))
 
     def _publish(self, transitions: list[Transition], reason: str) -> None:

@@ -1,0 +1,58 @@
+"""The nftables guard of mode ``required`` (rendering and counter parsing; the lab test applies it)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from dmvpn.ipsec import GuardCounters, parse_counters, render_guard
+from dmvpn.ipsec.guard import fingerprint
+
+NBMA = IPv4Address("192.0.2.11")
+
+
+def test_guard_replaces_only_its_own_table_in_one_transaction() -> None:
+    script = render_guard(NBMA)
+    lines = script.splitlines()
+    assert lines[:2] == ["add table inet dmvpn_ipsec", "delete table inet dmvpn_ipsec"]
+    assert "flush ruleset" not in script
+    assert all("dmvpn_ipsec" in line for line in lines if line.startswith(("add", "delete", "table")))
+    assert f"ip protocol gre ip daddr {NBMA} meta secpath missing counter drop" in script
+    assert f"ip protocol gre ip saddr {NBMA} rt ipsec missing counter drop" in script
+    assert "hook input" in script and "hook output" in script
+
+
+def test_guard_without_address_covers_all_gre_and_fingerprints_differ() -> None:
+    script = render_guard()
+    assert "ip protocol gre meta secpath missing counter drop" in script
+    assert fingerprint(None) != fingerprint(NBMA)
+    assert fingerprint(NBMA) == fingerprint(IPv4Address("192.0.2.11"))
+    assert f'comment "dmvpn-ipsec-in {fingerprint(NBMA)}"' in render_guard(NBMA)
+
+
+def test_counters_from_nft_json() -> None:
+    # `nft -j list table inet dmvpn_ipsec` (nftables 1.0.6), rules only.
+    rules = [
+        {
+            "family": "inet",
+            "table": "dmvpn_ipsec",
+            "chain": "input",
+            "handle": 3,
+            "comment": "dmvpn-ipsec-in 0123456789abcdef",
+            "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "protocol"}}, "right": "gre"}},
+                {"match": {"op": "==", "left": {"meta": {"key": "ipsec"}}, "right": False}},
+                {"counter": {"packets": 4, "bytes": 448}},
+                {"drop": None},
+            ],
+        },
+        {
+            "family": "inet",
+            "table": "dmvpn_ipsec",
+            "chain": "output",
+            "handle": 4,
+            "comment": "dmvpn-ipsec-out 0123456789abcdef",
+            "expr": [{"counter": {"packets": 1, "bytes": 112}}, {"drop": None}],
+        },
+    ]
+    assert parse_counters(rules) == GuardCounters(4, 448, 1, 112)
+    assert parse_counters([]) == GuardCounters(0, 0, 0, 0)

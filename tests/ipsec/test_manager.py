@@ -1,0 +1,196 @@
+"""IpsecManager and the asyncio VICI client against a fake charon (wire protocol, no strongSwan)."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+from fake_charon import FakeCharon, fake_charon
+
+from dmvpn.ipsec import (
+    CharonUnavailable,
+    InitiatePolicy,
+    IpsecError,
+    IpsecManager,
+    PeerAction,
+    ProtectionProfile,
+    PskAuth,
+    SaEventStream,
+    X509Auth,
+)
+from dmvpn.ipsec.client import ViciConnection
+
+LOW, MID, HIGH = IPv4Address("192.0.2.11"), IPv4Address("192.0.2.12"), IPv4Address("192.0.2.13")
+PSK = PskAuth(b"0123456789abcdef-not-secret")
+
+
+@pytest.fixture
+def socket_path() -> AsyncIterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="vici") as tmp:  # short: AF_UNIX paths are limited
+        yield Path(tmp) / "charon.vici"
+
+
+@pytest.fixture
+async def charon(socket_path: Path) -> AsyncIterator[FakeCharon]:
+    async with fake_charon(socket_path, str(MID)) as fake:
+        yield fake
+
+
+def manager(path: Path, local: IPv4Address = MID, **kwargs: float) -> IpsecManager:
+    return IpsecManager(ProtectionProfile(local, PSK), socket_path=path, **kwargs)
+
+
+async def next_event(stream: SaEventStream, timeout_s: float = 2.0) -> tuple[IPv4Address, bool, str]:
+    event = await stream.next(timeout_s)
+    assert event is not None, "no SA event"
+    return event.peer, event.up, event.reason
+
+
+async def test_client_reports_failures_and_unknown_commands(charon: FakeCharon, socket_path: Path) -> None:
+    conn = await ViciConnection.open(socket_path)
+    try:
+        assert await conn.request("get-conns") == {"conns": []}
+        with pytest.raises(IpsecError, match="not found"):
+            await conn.request("unload-conn", {"name": "nope"})
+        with pytest.raises(IpsecError, match="does not know"):
+            await conn.request("no-such-command")
+        assert (await conn.request("get-conns")) == {"conns": []}  # still in step after errors
+    finally:
+        await conn.close()
+    with pytest.raises(CharonUnavailable):
+        await ViciConnection.open(socket_path.with_name("absent.vici"))
+
+
+async def test_start_loads_profile_and_reapply_changes_nothing(charon: FakeCharon, socket_path: Path) -> None:
+    async with manager(socket_path) as ipsec:
+        assert list(charon.conns) == ["dmvpn"]
+        assert list(charon.shared) == ["dmvpn-psk"]
+        report = await ipsec.apply()
+        assert not report.changed
+        assert charon.commands["load-conn"] == 1 and charon.commands["load-shared"] == 1
+    # A restarted agent reloads (charon keeps SAs of an unchanged connection) but unloads nothing.
+    async with manager(socket_path) as again:
+        assert list(charon.conns) == ["dmvpn"]
+        assert not (await again.apply()).changed
+
+
+async def test_lower_address_initiates_and_the_sa_up_event_arrives(charon: FakeCharon, socket_path: Path) -> None:
+    async with manager(socket_path) as ipsec:
+        stream = ipsec.events()
+        assert await ipsec.ensure_peer(HIGH) is PeerAction.INITIATED
+        assert await next_event(stream) == (HIGH, True, "child-updown")
+        assert ipsec.sa_up(HIGH) and ipsec.initiations == 1
+        assert await ipsec.ensure_peer(HIGH) is PeerAction.ALREADY_UP
+        assert ipsec.initiations == 1
+        [sa] = await ipsec.list_sas()
+        assert (sa.conn, sa.remote_host, sa.children[0].packets_in) == ("dmvpn-peer-192.0.2.13", HIGH, 10)
+
+
+async def test_higher_address_waits_for_the_peer(charon: FakeCharon, socket_path: Path) -> None:
+    async with manager(socket_path, fallback_s=0.3) as ipsec:
+        stream = ipsec.events()
+        assert await ipsec.ensure_peer(LOW) is PeerAction.WAITING
+        assert "dmvpn-peer-192.0.2.11" in charon.conns
+        charon.peer_initiates(str(LOW))
+        assert await next_event(stream) == (LOW, True, "child-updown")
+        await asyncio.sleep(0.5)  # past the fallback: nothing more may happen
+        assert ipsec.initiations == 0 and len(charon.sas_to(str(LOW))) == 1
+
+
+async def test_waiting_side_initiates_after_the_fallback(charon: FakeCharon, socket_path: Path) -> None:
+    async with manager(socket_path, fallback_s=0.2) as ipsec:
+        assert await ipsec.ensure_peer(LOW) is PeerAction.WAITING
+        assert not ipsec.sa_up(LOW)
+        assert await ipsec.wait_sa_up(LOW, timeout_s=2.0)
+        assert ipsec.initiations == 1
+
+
+async def test_remove_peer_terminates_and_unloads(charon: FakeCharon, socket_path: Path) -> None:
+    async with manager(socket_path) as ipsec:
+        stream = ipsec.events()
+        await ipsec.ensure_peer(HIGH)
+        assert await next_event(stream) == (HIGH, True, "child-updown")
+        await ipsec.remove_peer(HIGH)
+        assert await next_event(stream) == (HIGH, False, "child-updown")
+        assert charon.sas == {} and list(charon.conns) == ["dmvpn"]
+        assert ipsec.peers == frozenset()
+        await ipsec.remove_peer(HIGH)  # idempotent
+
+
+async def test_hub_sa_is_kept_up(charon: FakeCharon, socket_path: Path) -> None:
+    async with manager(socket_path) as ipsec:
+        stream = ipsec.events()
+        assert await ipsec.ensure_peer(LOW, InitiatePolicy.ALWAYS) is PeerAction.INITIATED
+        assert await next_event(stream) == (LOW, True, "child-updown")
+        [uid] = charon.sas_to(str(LOW))
+        charon.drop(uid)  # e.g. DPD cleared it
+        assert await next_event(stream) == (LOW, False, "child-updown")
+        assert await next_event(stream) == (LOW, True, "child-updown")
+        assert ipsec.initiations == 2
+
+
+async def test_charon_restart_reports_down_then_reloads_and_reinitiates(socket_path: Path) -> None:
+    charon = FakeCharon(socket_path, str(MID))
+    await charon.start()
+    ipsec = manager(socket_path, reconnect_max_s=0.2)
+    try:
+        await ipsec.start()
+        stream = ipsec.events()
+        await ipsec.ensure_peer(LOW, InitiatePolicy.ALWAYS)
+        assert await next_event(stream) == (LOW, True, "child-updown")
+        await charon.stop()
+        assert await next_event(stream) == (LOW, False, "disconnect")
+        assert not ipsec.sa_up(LOW)
+        with pytest.raises(CharonUnavailable):
+            await ipsec.list_sas()
+        await charon.start()
+        assert await next_event(stream, timeout_s=5.0) == (LOW, True, "child-updown")
+        assert set(charon.conns) == {"dmvpn", "dmvpn-peer-192.0.2.11"} and "dmvpn-psk" in charon.shared
+    finally:
+        await ipsec.close()
+        await charon.stop()
+
+
+async def test_duplicate_ike_sas_the_lower_end_keeps_its_own(charon: FakeCharon, socket_path: Path) -> None:
+    async with manager(socket_path) as ipsec:  # we are MID, the peer HIGH: we are the lower end
+        await ipsec.ensure_peer(HIGH)
+        assert await ipsec.wait_sa_up(HIGH, 2.0)
+        [ours] = charon.sas_to(str(HIGH))
+        theirs = charon.peer_initiates(str(HIGH))  # a fallback that crossed ours
+        for _ in range(50):
+            if theirs not in charon.sas:
+                break
+            await asyncio.sleep(0.02)
+        assert charon.sas_to(str(HIGH)) == [ours]
+        assert ipsec.sa_up(HIGH)
+
+
+async def test_switch_to_x509_loads_credentials_and_unloads_the_psk(charon: FakeCharon, socket_path: Path) -> None:
+    async with manager(socket_path) as ipsec:
+        x509 = X509Auth(b"cert", b"key", b"ca")
+        report = await ipsec.apply(ProtectionProfile(MID, x509))
+        assert report.unloaded_shared == ("dmvpn-psk",) and report.loaded_conns == ("dmvpn",)
+        assert [cert["flag"] for cert in charon.certs] == [b"CA", b"NONE"] and len(charon.keys) == 1
+        assert not (await ipsec.apply()).changed
+
+
+async def test_foreign_connections_are_left_alone(charon: FakeCharon, socket_path: Path) -> None:
+    charon.conns["site-to-site"] = {"remote_addrs": [b"198.51.100.1"]}
+    charon.conns["dmvpn-peer-192.0.2.99"] = {"remote_addrs": [b"192.0.2.99"]}  # ours, no longer desired
+    async with manager(socket_path):
+        assert set(charon.conns) == {"site-to-site", "dmvpn"}
+
+
+async def test_own_address_is_refused(charon: FakeCharon, socket_path: Path) -> None:
+    async with manager(socket_path) as ipsec:
+        with pytest.raises(ValueError, match="own NBMA"):
+            await ipsec.ensure_peer(MID)
+
+
+async def test_start_without_charon_raises(socket_path: Path) -> None:
+    with pytest.raises(CharonUnavailable):
+        await manager(socket_path).start()
