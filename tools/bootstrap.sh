@@ -29,6 +29,8 @@ for svc in frr strongswan-starter; do
   command -v systemctl >/dev/null && systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
 
+bash tools/fetch-frr10.sh
+
 VENV=${VENV:-.venv}
 stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [[ ! -e "$stamp" ]]; then
