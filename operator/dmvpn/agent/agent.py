@@ -170,7 +170,6 @@ class Agent:
             if self._install_guard is not None:
                 await self._install_guard()
             await self.ipsec.start()
-            self._sa_up = {peer for peer in self._known_peers() if self.ipsec.sa_up(peer)}
             self._spawn(self._sa_event_loop())
             for hub in config.hubs:
                 await self._ensure_peer(hub.nbma, InitiatePolicy.ALWAYS, "hub")
@@ -180,6 +179,8 @@ class Agent:
         now = self.clock()
         actions = self.engine.start(now)
         self._adopt(snapshot.neighbours, snapshot.routes, now)
+        if self.ipsec is not None:  # SAs charon kept across our restart carry adopted shortcuts at once
+            self._sa_up |= {peer for peer in self._known_peers() if self.ipsec.sa_up(peer)}
         self._carry_out(actions)
         self._dirty.set()
         self._spawn(self._reconcile_loop())

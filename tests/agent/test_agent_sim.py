@@ -1,0 +1,179 @@
+"""Whole DMVPN clouds of real agents (real NHRP engines and reconcile logic) over fake NBMA, data plane
+and IPsec: registration after the SA, Phase 3 shortcuts gated by their SA, idle expiry, adoption, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv4Address, IPv4Network
+
+from dmvpn.agent import views
+from dmvpn.dataplane import HairpinEvent, Neighbour, Route
+from dmvpn.nhrp.codec import PacketType
+
+from .conftest import HUB_NBMA, HUB_TUNNEL, Cloud, FakeDataplane, hub_config, ipv4_header, spoke_config, wait_for
+
+S1_NBMA, S2_NBMA = IPv4Address("192.0.2.11"), IPv4Address("192.0.2.12")
+S1_TUNNEL, S2_TUNNEL = IPv4Address("10.255.0.1"), IPv4Address("10.255.0.2")
+S1_LAN, S2_LAN = IPv4Network("10.1.1.0/24"), IPv4Network("10.1.2.0/24")
+
+
+async def registered_cloud(cloud: Cloud, ipsec: bool = True) -> None:
+    await cloud.add(hub_config(ipsec=ipsec))
+    await cloud.add(spoke_config(1, ipsec=ipsec))
+    await cloud.add(spoke_config(2, ipsec=ipsec))
+    hub = cloud.dataplanes["hub"]
+    await wait_for(lambda: {Route(S1_LAN, via=S1_TUNNEL), Route(S2_LAN, via=S2_TUNNEL)} <= hub.routes)
+
+
+def hairpin(cloud: Cloud, src: str, dst: str) -> None:
+    cloud.agents["hub"].on_hairpin(HairpinEvent(IPv4Address(src), IPv4Address(dst), ipv4_header(src, dst)))
+
+
+async def test_spokes_register_only_after_their_sa(cloud: Cloud) -> None:
+    await registered_cloud(cloud)
+    first_registration = next(
+        i for i, (src, dst, data) in enumerate(cloud.net.sent) if data[17] == PacketType.REGISTRATION_REQUEST
+    )
+    assert frozenset({S1_NBMA, HUB_NBMA}) in cloud.net.sas
+    assert cloud.agents["spoke-1"].stats.sends_held_for_sa >= 1, "registration was held until the SA came up"
+    assert first_registration >= 0
+    hub_view = views.show_dmvpn(cloud.agents["hub"])
+    assert {(p["tunnel"], p["kind"], p["state"], p["ipsec"]) for p in hub_view["peers"]} == {
+        (str(S1_TUNNEL), "spoke", "up", "up"),
+        (str(S2_TUNNEL), "spoke", "up", "up"),
+    }
+    spoke_view = views.show_dmvpn(cloud.agents["spoke-1"])
+    assert spoke_view["peers"][0] | {"uptime": None} == {
+        "nbma": str(HUB_NBMA), "tunnel": str(HUB_TUNNEL), "kind": "nhs", "state": "up", "ipsec": "up", "uptime": None,
+    }  # fmt: skip
+
+
+async def test_phase3_shortcut_installed_once_sa_is_up_both_directions(cloud: Cloud) -> None:
+    await registered_cloud(cloud)
+    spoke1 = cloud.dataplanes["spoke-1"]
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in spoke1.routes)
+    assert Neighbour(S2_TUNNEL, S2_NBMA) in spoke1.neighbours
+    sa_at = cloud.net.sas[frozenset({S1_NBMA, S2_NBMA})]
+    route_at = next(t for t, what, item in spoke1.history if what == "+route" and item == Route(S2_LAN, via=S2_TUNNEL))
+    assert route_at >= sa_at, "the shortcut must not carry traffic before its SA is up"
+    # The responder started IKE when the Resolution Request reached it (in parallel with the reply).
+    assert any(peer == S1_NBMA for peer, _ in cloud.ipsecs["spoke-2"].ensured)
+    kinds = [e["kind"] for e in views.show_events(cloud.agents["spoke-1"])]
+    assert kinds.index("traffic-indication") < kinds.index("resolution-reply")
+    # And back: spoke-2's traffic to spoke-1 hairpins at the hub too.
+    hairpin(cloud, "10.1.2.10", "10.1.1.10")
+    await wait_for(lambda: Route(S1_LAN, via=S1_TUNNEL) in cloud.dataplanes["spoke-2"].routes)
+    shortcut_rows = [p for p in views.show_dmvpn(cloud.agents["spoke-1"])["peers"] if p["kind"] == "shortcut"]
+    assert shortcut_rows and shortcut_rows[0]["state"] == "up" and shortcut_rows[0]["prefixes"] == [str(S2_LAN)]
+    nhrp = {(row["protocol"], row["type"]) for row in views.show_nhrp(cloud.agents["spoke-1"])}
+    assert {(str(S2_LAN), "shortcut"), (str(S2_TUNNEL), "shortcut"), (str(HUB_TUNNEL), "nhs")} <= nhrp
+
+
+async def test_idle_shortcut_expires_with_its_sa(cloud: Cloud) -> None:
+    await registered_cloud(cloud)
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    spoke1 = cloud.dataplanes["spoke-1"]
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in spoke1.routes)
+    agent = cloud.agents["spoke-1"]
+    agent.sas = await cloud.ipsecs["spoke-1"].list_sas()
+    assert agent.expire_idle_shortcuts() == []  # just made
+    await asyncio.sleep(1.1)  # shortcutIdleTimeout is 1 s in these configs; no bytes moved
+    agent.sas = await cloud.ipsecs["spoke-1"].list_sas()
+    assert agent.expire_idle_shortcuts() == [S2_NBMA]
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) not in spoke1.routes)
+    await wait_for(lambda: S2_NBMA in cloud.ipsecs["spoke-1"].removed)
+    assert Route(IPv4Network("10.1.0.0/16"), via=HUB_TUNNEL) in spoke1.routes
+    assert agent.stats.shortcuts_expired == 1
+
+
+async def test_busy_shortcut_stays(cloud: Cloud) -> None:
+    await registered_cloud(cloud)
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in cloud.dataplanes["spoke-1"].routes)
+    agent, ipsec = cloud.agents["spoke-1"], cloud.ipsecs["spoke-1"]
+    for step in range(4):
+        ipsec.bytes[S2_NBMA] = 1000 * (step + 1)
+        agent.sas = await ipsec.list_sas()
+        assert agent.expire_idle_shortcuts() == []
+        await asyncio.sleep(0.4)
+
+
+async def test_restarted_spoke_adopts_kernel_state_without_removing_anything(cloud: Cloud) -> None:
+    await registered_cloud(cloud)
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    spoke1 = cloud.dataplanes["spoke-1"]
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in spoke1.routes)
+    old = cloud.agents.pop("spoke-1")
+    await old.close()  # like kill -9: nothing is flushed
+    kernel = FakeDataplane(neighbours=set(spoke1.neighbours), routes=set(spoke1.routes))
+    cloud.net.ipsecs.pop(S1_NBMA)
+    new = await cloud.add(spoke_config(1), dataplane=kernel)
+    await wait_for(lambda: new.engine.nhs[0].up)
+    await asyncio.sleep(0.2)
+    removed = [item for _, what, item in kernel.history if what.startswith("-")]
+    assert removed == [], f"a restart must not remove live state, removed {removed}"
+    assert new.stats.adopted_entries == 2
+
+
+async def test_restarted_hub_keeps_spoke_routes(cloud: Cloud) -> None:
+    await registered_cloud(cloud)
+    hub_dp = cloud.dataplanes["hub"]
+    old = cloud.agents.pop("hub")
+    await old.close()
+    kernel = FakeDataplane(neighbours=set(hub_dp.neighbours), routes=set(hub_dp.routes))
+    cloud.net.ipsecs.pop(HUB_NBMA)
+    await cloud.add(hub_config(), dataplane=kernel)
+    await asyncio.sleep(0.3)
+    assert [item for _, what, item in kernel.history if what.startswith("-")] == []
+    # and a Traffic Indication still works from the adopted registrations
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in cloud.dataplanes["spoke-1"].routes)
+
+
+async def test_malformed_nhrp_is_counted_and_dropped(cloud: Cloud) -> None:
+    await registered_cloud(cloud, ipsec=False)
+    hub = cloud.agents["hub"]
+    garbage = [b"", b"\x00", b"\xff" * 19, bytes(20) + b"\x01" * 40, b"\x00\x01\x08\x00" + bytes(60)]
+    for data in garbage:
+        hub._on_packet(data, IPv4Address("192.0.2.99"))
+    counters = views.show_counters(hub)
+    assert counters["drops"].get("decode_error", 0) == len(garbage)
+    assert hub.stats.extra.get("engine_errors", 0) == 0
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")  # still serving
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in cloud.dataplanes["spoke-1"].routes)
+
+
+async def test_reconcile_failure_is_retried(cloud: Cloud) -> None:
+    await cloud.add(hub_config(ipsec=False), dataplane=FakeDataplane(fail_next=1))
+    await cloud.add(spoke_config(1, ipsec=False))
+    await wait_for(lambda: Route(S1_LAN, via=S1_TUNNEL) in cloud.dataplanes["hub"].routes, limit=5)
+    assert cloud.agents["hub"].stats.reconcile_errors == 1
+
+
+async def test_dual_hub_failover_keeps_shortcuts(cloud: Cloud) -> None:
+    from dataclasses import replace
+
+    from dmvpn.agent.config import HubPeer
+
+    hub_b = HubPeer(nbma=IPv4Address("192.0.2.2"), tunnel_ip=IPv4Address("10.255.0.253"), name="hub-b",
+                    summary_prefixes=(IPv4Network("10.1.0.0/16"),))  # fmt: skip
+    await cloud.add(hub_config(ipsec=False))
+    await cloud.add(replace(hub_config(ipsec=False), node="hub-b", nbma=hub_b.nbma,
+                            tunnel=__import__("ipaddress").IPv4Interface("10.255.0.253/24")))  # fmt: skip
+    for index in (1, 2):
+        config = spoke_config(index, ipsec=False, shortcut_idle_timeout=300)
+        await cloud.add(replace(config, hubs=(*config.hubs, hub_b)))
+    spoke1 = cloud.dataplanes["spoke-1"]
+    await wait_for(lambda: all(nhs.up for nhs in cloud.agents["spoke-1"].engine.nhs))
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in spoke1.routes)
+    # hub A dies: its packets vanish; spoke-1 declares it down and moves the summary to hub B
+    dead = cloud.agents.pop("hub")
+    await dead.close()
+    agent = cloud.agents["spoke-1"]
+    for nhs in agent.engine._registrar.nhs:  # fast-forward: refresh now instead of in holdTime/3
+        nhs.next_send = 0
+    agent._timer_wakeup.set()
+    await wait_for(lambda: Route(IPv4Network("10.1.0.0/16"), via=hub_b.tunnel_ip) in spoke1.routes, limit=30)
+    assert Route(S2_LAN, via=S2_TUNNEL) in spoke1.routes, "existing shortcuts keep forwarding"

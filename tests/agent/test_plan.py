@@ -1,0 +1,109 @@
+"""Pure reconcile decisions per role and phase."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network
+
+from dmvpn.agent import plan
+from dmvpn.agent.config import HubPeer
+from dmvpn.dataplane import Neighbour, Route
+from dmvpn.nhrp.cache import CacheEntry, EntryType
+
+from .conftest import HUB_NBMA, HUB_TUNNEL, hub_config, spoke_config
+
+S2_NBMA = IPv4Address("192.0.2.12")
+S2_TUNNEL = IPv4Address("10.255.0.2")
+S2_LAN = IPv4Network("10.1.2.0/24")
+
+
+def shortcut(prefix: IPv4Network, expires: float | None = 100.0) -> CacheEntry:
+    return CacheEntry(prefix=prefix, type=EntryType.SHORTCUT, nbma=S2_NBMA, next_hop=S2_TUNNEL, expires=expires)
+
+
+SHORTCUT_ENTRIES = [shortcut(S2_LAN), shortcut(IPv4Network(S2_TUNNEL))]
+
+
+def test_phase3_spoke_routes_summary_and_tunnel_subnet_via_hub() -> None:
+    want = plan.desired(spoke_config(1), [], nhs_up={HUB_NBMA}, sa_up=set(), now=0)
+    assert want.neighbours == {Neighbour(HUB_TUNNEL, HUB_NBMA)}
+    assert want.routes == {
+        Route(IPv4Network("10.255.0.0/24"), via=HUB_TUNNEL),
+        Route(IPv4Network("10.1.0.0/16"), via=HUB_TUNNEL),
+        Route(IPv4Network("10.1.0.0/24"), via=HUB_TUNNEL),
+    }
+
+
+def test_shortcut_waits_for_its_sa() -> None:
+    config = spoke_config(1)
+    before = plan.desired(config, SHORTCUT_ENTRIES, {HUB_NBMA}, sa_up=set(), now=0)
+    assert Route(S2_LAN, via=S2_TUNNEL) not in before.routes
+    after = plan.desired(config, SHORTCUT_ENTRIES, {HUB_NBMA}, sa_up={S2_NBMA}, now=0)
+    assert Route(S2_LAN, via=S2_TUNNEL) in after.routes
+    assert Route(IPv4Network(S2_TUNNEL)) in after.routes
+    assert Neighbour(S2_TUNNEL, S2_NBMA) in after.neighbours
+
+
+def test_shortcut_without_ipsec_is_immediate_and_expired_ones_are_not() -> None:
+    config = spoke_config(1, ipsec=False)
+    assert Route(S2_LAN, via=S2_TUNNEL) in plan.desired(config, SHORTCUT_ENTRIES, {HUB_NBMA}, set(), 0).routes
+    stale = [shortcut(S2_LAN, expires=5.0)]
+    assert Route(S2_LAN, via=S2_TUNNEL) not in plan.desired(config, stale, {HUB_NBMA}, set(), now=6.0).routes
+
+
+def test_phase1_sends_everything_via_hub_and_ignores_shortcuts() -> None:
+    config = spoke_config(1, ipsec=False, phase=1)
+    want = plan.desired(config, SHORTCUT_ENTRIES, {HUB_NBMA}, set(), 0)
+    assert Route(S2_LAN, via=HUB_TUNNEL) in want.routes
+    assert Neighbour(S2_TUNNEL, S2_NBMA) not in want.neighbours
+
+
+def test_phase2_routes_peer_prefixes_via_peer_on_the_link() -> None:
+    config = spoke_config(1, ipsec=False, phase=2)
+    want = plan.desired(config, [], {HUB_NBMA}, set(), 0)
+    assert Route(S2_LAN, via=S2_TUNNEL) in want.routes
+    assert Route(IPv4Network("10.255.0.0/24")) in want.routes  # kernel solicits peers' tunnel addresses
+    resolved = plan.desired(config, [shortcut(IPv4Network(S2_TUNNEL))], {HUB_NBMA}, set(), 0)
+    assert Neighbour(S2_TUNNEL, S2_NBMA) in resolved.neighbours
+
+
+def test_dual_hub_prefers_first_up_hub() -> None:
+    second = HubPeer(nbma=IPv4Address("192.0.2.2"), tunnel_ip=IPv4Address("10.255.0.253"), name="hub-b")
+    config = spoke_config(1)
+    config = replace(config, hubs=(*config.hubs, second))
+    both = plan.desired(config, [], {HUB_NBMA, second.nbma}, set(), 0)
+    assert Route(IPv4Network("10.1.0.0/16"), via=HUB_TUNNEL) in both.routes
+    failover = plan.desired(config, [], {second.nbma}, set(), 0)
+    assert Route(IPv4Network("10.1.0.0/16"), via=second.tunnel_ip) in failover.routes
+    assert Route(IPv4Network("10.1.0.0/16"), via=HUB_TUNNEL) not in failover.routes
+    assert {Neighbour(HUB_TUNNEL, HUB_NBMA), Neighbour(second.tunnel_ip, second.nbma)} <= failover.neighbours
+
+
+def test_hub_installs_registrations() -> None:
+    entries = [
+        CacheEntry(prefix=IPv4Network(S2_TUNNEL), type=EntryType.DYNAMIC, nbma=S2_NBMA, next_hop=S2_TUNNEL, expires=9),
+        CacheEntry(prefix=S2_LAN, type=EntryType.DYNAMIC, nbma=S2_NBMA, next_hop=S2_TUNNEL, expires=9),
+        CacheEntry(prefix=IPv4Network("10.1.0.0/24"), type=EntryType.LOCAL, next_hop=HUB_TUNNEL),
+    ]
+    want = plan.desired(hub_config(), entries, set(), set(), now=0)
+    assert want.neighbours == {Neighbour(S2_TUNNEL, S2_NBMA)}
+    assert want.routes == {Route(IPv4Network("10.255.0.0/24")), Route(S2_LAN, via=S2_TUNNEL)}
+    assert plan.desired(hub_config(), entries, set(), set(), now=10).neighbours == frozenset()
+
+
+def test_own_prefixes_are_never_routed_into_the_tunnel() -> None:
+    own = CacheEntry(prefix=IPv4Network("10.1.1.0/24"), type=EntryType.SHORTCUT, nbma=S2_NBMA, next_hop=S2_TUNNEL)
+    want = plan.desired(spoke_config(1, ipsec=False), [own], {HUB_NBMA}, set(), 0)
+    assert not any(route.prefix == IPv4Network("10.1.1.0/24") for route in want.routes)
+
+
+def test_adoption_rebuilds_shortcuts_and_registrations() -> None:
+    neighbours = [Neighbour(HUB_TUNNEL, HUB_NBMA), Neighbour(S2_TUNNEL, S2_NBMA)]
+    routes = [Route(S2_LAN, via=S2_TUNNEL), Route(IPv4Network("10.1.0.0/16"), via=HUB_TUNNEL)]
+    spoke = plan.adopted_entries(spoke_config(1), neighbours, routes, now=0)
+    assert {(e.prefix, e.type) for e in spoke} == {
+        (IPv4Network(S2_TUNNEL), EntryType.SHORTCUT),
+        (S2_LAN, EntryType.SHORTCUT),
+    }
+    hub = plan.adopted_entries(hub_config(), [Neighbour(S2_TUNNEL, S2_NBMA)], [Route(S2_LAN, via=S2_TUNNEL)], 0)
+    assert {e.type for e in hub} == {EntryType.DYNAMIC} and len(hub) == 2
