@@ -11,7 +11,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from dmvpn.lab.topology import Lab, add_static_mgre, hub_and_spokes
+from dmvpn.lab.topology import Lab, LabError, add_static_mgre, hub_and_spokes
 from dmvpn.nhrp.codec import Address, Message, PacketType, decode, encode
 from dmvpn.nhrp.transport import NHRPTransport, nbma_from_link_address
 
@@ -90,7 +90,7 @@ ECHO_PEER = textwrap.dedent(
         transport = NHRPTransport.open(socket.if_nametoindex("gre1"), on_packet)
         transport.start()
         print("READY", flush=True)
-        data, nbma = await asyncio.wait_for(got, 15)
+        data, nbma = await asyncio.wait_for(got, 120)  # generous: a loaded guest starts Python slowly
         print(nbma, data.hex(), flush=True)
         transport.send(nbma, data)  # echo it back to where it came from
         await asyncio.sleep(0.5)
@@ -115,7 +115,7 @@ SENDER = textwrap.dedent(
                 echoed.set_result((packet, nbma))
         with NHRPTransport.open(socket.if_nametoindex("gre1"), on_packet) as transport:
             transport.start()
-            for _ in range(10):  # the first packet may race the peer's socket: bounded retries
+            for _ in range(60):  # the first packets may race the peer's socket: bounded retries
                 transport.send(peer, data)
                 try:
                     packet, nbma = await asyncio.wait_for(asyncio.shield(echoed), 1.0)
@@ -151,9 +151,13 @@ def test_an_nhrp_packet_crosses_multipoint_gre_both_ways(lab: Lab) -> None:
         assert peer.stdout is not None
         ready = peer.stdout.readline().strip()
         assert ready == "READY", ready
-        echoed = hub.ns.run(sys.executable, "-c", SENDER, str(spoke.nbma), packet.hex(), timeout=60).split()
+        try:
+            echoed = hub.ns.run(sys.executable, "-c", SENDER, str(spoke.nbma), packet.hex(), timeout=180).split()
+        except LabError as error:
+            peer.kill()
+            raise AssertionError(f"{error}\npeer said: {peer.communicate(timeout=10)[0]!r}") from None
         received = peer.stdout.readline().split()
-        assert peer.wait(timeout=20) == 0
+        assert peer.wait(timeout=30) == 0
     finally:
         if peer.poll() is None:
             peer.kill()
