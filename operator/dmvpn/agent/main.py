@@ -113,7 +113,7 @@ def build_agent(config: NodeConfig, args: argparse.Namespace, observer: MetricsO
         from dmvpn.ipsec.guard import install_guard, set_larval_drop
 
         async def guard() -> None:
-            await install_guard(config.nbma, config.gre_key)
+            await install_guard(config.nbma)
             await set_larval_drop(False)
 
     return Agent(

@@ -1,0 +1,162 @@
+"""Run real ``dmvpn-agent --standalone`` processes in lab sites (one charon + one agent per site).
+
+Used by the agent's kernel tests, the lab demo and the benchmarks. The standalone file is written from the
+lab's sites, exactly as a user would write it for a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dmvpn.lab.charon import start_charon
+from dmvpn.lab.topology import Lab, LabError, Site
+
+PSK = "lab-psk-not-for-production-use"
+
+
+def standalone_yaml(sites: Sequence[Site], *, ipsec: bool = True, phase: int = 3, idle_timeout: int = 300,
+                    hubs: int = 1, gre_key: int | None = 42) -> str:  # fmt: skip
+    """DMVPNHub/DMVPNSpoke documents for a lab whose first ``hubs`` sites are hubs."""
+    ipsec_block = "  ipsec:\n    psk:\n      secretRef: {name: dmvpn-psk}\n" if ipsec else "  ipsec: {mode: disabled}\n"
+    key = f"    greKey: {gre_key}\n" if gre_key is not None else ""
+    docs: list[str] = []
+    hub_sites, spoke_sites = sites[:hubs], sites[hubs:]
+    for hub in hub_sites:
+        summary = "  summaryPrefixes: [10.1.0.0/16]\n" if phase != 2 else ""
+        docs.append(
+            f"apiVersion: dmvpn.io/v1alpha1\nkind: DMVPNHub\nmetadata: {{name: {hub.name}}}\nspec:\n"
+            f"  nodeName: {hub.name}\n  nbma: {{address: {hub.nbma}}}\n"
+            f"  tunnel:\n    address: {hub.tunnel_ip}/24\n{key}"
+            f"  nhrp: {{phase: {phase}, shortcutIdleTimeout: {idle_timeout}}}\n"
+            f"{ipsec_block}  sitePrefixes: [{hub.lan}]\n{summary}"
+        )
+    hub_refs = "".join(f"    - name: {hub.name}\n" for hub in hub_sites)
+    for spoke in spoke_sites:
+        docs.append(
+            f"apiVersion: dmvpn.io/v1alpha1\nkind: DMVPNSpoke\nmetadata: {{name: {spoke.name}}}\nspec:\n"
+            f"  nodeName: {spoke.name}\n  nbma: {{address: {spoke.nbma}}}\n"
+            f"  tunnel:\n    address: {spoke.tunnel_ip}/24\n{key}"
+            f"  nhrp: {{phase: {phase}, shortcutIdleTimeout: {idle_timeout}}}\n"
+            f"{ipsec_block}  sitePrefixes: [{spoke.lan}]\n  hubs:\n{hub_refs}"
+        )
+    return "---\n".join(docs)
+
+
+@dataclass
+class AgentProcess:
+    site: Site
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    log: Path
+    argv: list[str]
+
+    def request(self, command: str, timeout: float = 5.0) -> Any:
+        return control_request(self.socket, command, timeout)
+
+    def kill(self) -> None:
+        """kill -9: nothing is cleaned up (the kernel state and SAs stay)."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def control_request(path: Path, command: str, timeout: float = 5.0) -> Any:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+        buffer = b""
+        while not buffer.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buffer += chunk
+    reply = json.loads(buffer)
+    if not reply.get("ok"):
+        raise LabError(f"agent refused {command!r}: {reply.get('error')}")
+    return reply["data"]
+
+
+class AgentLab:
+    """Charon + agent per site, from one standalone file."""
+
+    def __init__(self, lab: Lab, sites: Sequence[Site], **yaml_options: Any) -> None:
+        self.lab = lab
+        self.sites = list(sites)
+        self.dir = lab.rundir / "agents"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.file = self.dir / "dmvpn.yaml"
+        self.file.write_text(standalone_yaml(self.sites, **yaml_options))
+        self.ipsec = yaml_options.get("ipsec", True)
+        secrets = self.dir / "secrets" / "dmvpn-psk"
+        secrets.mkdir(parents=True, exist_ok=True)
+        (secrets / "psk").write_text(PSK + "\n")
+        self.vici: dict[str, Path] = {}
+        self.agents: dict[str, AgentProcess] = {}
+
+    def start_charons(self) -> None:
+        if self.ipsec:
+            for site in self.sites:
+                self.vici[site.name] = start_charon(self.lab, site)
+
+    def start_agent(self, site: Site, timeout_s: float = 60.0) -> AgentProcess:
+        rundir = self.lab.site_rundir(site)
+        sock = rundir / "agent.sock"
+        log = rundir / "agent.log"
+        argv = [
+            sys.executable, "-m", "dmvpn.agent.main",
+            "--standalone", str(self.file), "--node", site.name,
+            "--vici-socket", str(self.vici.get(site.name, rundir / "charon.vici")),
+            "--socket", str(sock), "--secrets-dir", str(self.dir / "secrets"),
+            "--node-state", str(rundir / "node-state.json"),
+        ]  # fmt: skip
+        if sock.exists():
+            sock.unlink()
+        proc = site.ns.popen(*argv, log=log)
+        agent = AgentProcess(site, proc, sock, log, argv)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise LabError(f"agent at {site.name} exited {proc.returncode}:\n{agent.log_text()[-3000:]}")
+            if sock.exists():
+                try:
+                    agent.request("show dmvpn")
+                    break
+                except (OSError, LabError, ValueError):
+                    pass
+            time.sleep(0.1)
+        else:
+            raise LabError(f"agent at {site.name} did not answer within {timeout_s} s:\n{agent.log_text()[-3000:]}")
+        self.agents[site.name] = agent
+        return agent
+
+    def start_all(self) -> None:
+        self.start_charons()
+        for site in self.sites:
+            self.start_agent(site)
+
+    def wait_registered(self, timeout_s: float = 60.0) -> None:
+        """Every spoke has every NHS up."""
+        deadline = time.monotonic() + timeout_s
+        pending: list[str] = []
+        while time.monotonic() < deadline:
+            pending = []
+            for name, agent in self.agents.items():
+                view = agent.request("show dmvpn")
+                if view["role"] == "spoke" and not all(p["state"] == "up" for p in view["peers"] if p["kind"] == "nhs"):
+                    pending.append(name)
+            if not pending:
+                return
+            time.sleep(0.2)
+        logs = "\n".join(f"--- {n}\n{self.agents[n].log_text()[-2000:]}" for n in pending)
+        raise LabError(f"not registered within {timeout_s} s: {pending}\n{logs}")
