@@ -28,7 +28,7 @@ from dmvpn.lab.guest import GuestSpec, GuestUnavailable, host_has_kernel_datapla
 
 READY_MARK = "DMVPN-GUEST-PYTEST-START"
 RESULTS_OPTION = "--guest-results"
-_RUN_KEY = pytest.StashKey["GuestRun"]()
+_RUNS_KEY = pytest.StashKey[list["GuestRun"]]()
 _MODE_KEY = pytest.StashKey[str]()
 
 
@@ -78,32 +78,48 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     kernel_items = [item for item in items if _is_kernel(item)]
     if not kernel_items:
         return
-    run = GuestRun(config, [item.nodeid for item in kernel_items])
-    config.stash[_RUN_KEY] = run
-    proxies = [_proxy_for(item) for item in kernel_items]
-    # Proxies go last: by the time pytest reaches them the guest has had the unit tests' time to boot.
+    shards = split_by_file([item.nodeid for item in kernel_items], config.getoption("--guest-shards"))
+    runs = [GuestRun(config, nodeids, name=f"guest{index + 1}") for index, nodeids in enumerate(shards)]
+    config.stash[_RUNS_KEY] = runs
+    run_of = {nodeid: run for run in runs for nodeid in run.nodeids}
+    proxies = [_proxy_for(item, run_of[item.nodeid]) for item in kernel_items]
+    proxies.sort(key=lambda proxy: runs.index(run_of[proxy.nodeid]))
+    # Proxies go last: by the time pytest reaches them the guests have had the unit tests' time to boot.
     items[:] = [*(item for item in items if not _is_kernel(item)), *proxies]
 
 
-def _proxy_for(item: pytest.Item) -> pytest.Item:
+def split_by_file(nodeids: list[str], shards: int) -> list[list[str]]:
+    """Deal test files (never splitting one: module fixtures stay whole) to the least loaded shard."""
+    by_file: dict[str, list[str]] = {}
+    for nodeid in nodeids:
+        by_file.setdefault(nodeid.split("::")[0], []).append(nodeid)
+    buckets: list[list[str]] = [[] for _ in range(max(1, min(shards, len(by_file))))]
+    for file_ids in sorted(by_file.values(), key=len, reverse=True):
+        min(buckets, key=len).extend(file_ids)
+    return buckets
+
+
+def _proxy_for(item: pytest.Item, run: GuestRun) -> pytest.Item:
     assert item.parent is not None, "a collected test always has a parent"
-    proxy: pytest.Item = GuestProxyItem.from_parent(item.parent, name=item.name, original=item)
+    proxy: pytest.Item = GuestProxyItem.from_parent(item.parent, name=item.name, original=item, run=run)
     return proxy
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    run = session.config.stash.get(_RUN_KEY, None)
-    if run is not None and not session.config.option.collectonly:
+    if session.config.option.collectonly:
+        return
+    for run in session.config.stash.get(_RUNS_KEY, []):
         run.start()
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    run = config.stash.get(_RUN_KEY, None)
-    if run is None or run.started_at is None:
+    runs = [run for run in config.stash.get(_RUNS_KEY, []) if run.started_at is not None]
+    if not runs:
         return
-    terminalreporter.section("kernel lab (virtme-ng guest)")
-    for line in run.timing_lines():
-        terminalreporter.write_line(line)
+    terminalreporter.section("kernel lab (virtme-ng guests)")
+    for run in runs:
+        for line in run.timing_lines():
+            terminalreporter.write_line(f"{run.name}: {line}")
 
 
 @dataclass
@@ -119,6 +135,7 @@ class GuestRun:
 
     config: pytest.Config
     nodeids: list[str]
+    name: str = "guest"
     console: list[str] = field(default_factory=list)
     results: dict[str, GuestOutcome] = field(default_factory=dict)
     error: str | None = None
@@ -131,7 +148,7 @@ class GuestRun:
 
     def start(self) -> None:
         self.started_at = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="dmvpn-guest", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"dmvpn-{self.name}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -186,7 +203,7 @@ class GuestRun:
             fresh = self.console[self._printed :]
             self._printed = len(self.console)
         for line in fresh:
-            echo(f"[guest] {line}")
+            echo(f"[{self.name}] {line}")
 
     def timing_lines(self) -> list[str]:
         assert self.started_at is not None
@@ -209,14 +226,15 @@ class GuestTestFailure(Exception):
 class GuestProxyItem(pytest.Item):
     """Stands in, on the host, for one kernel test run in the guest."""
 
-    def __init__(self, *, original: pytest.Item, **kwargs: Any) -> None:
+    def __init__(self, *, original: pytest.Item, run: GuestRun, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.run = run
         self.own_markers = list(original.iter_markers())
         self.keywords.update(original.keywords)
         self._location = original.location
 
     def runtest(self) -> None:
-        run: GuestRun = self.config.stash[_RUN_KEY]
+        run = self.run
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         echo = reporter.write_line if reporter is not None and self.config.option.verbose >= 0 else print
         if run._thread is None:
