@@ -376,9 +376,31 @@ class Operator:
         if self.task is None:
             return
         self.stop_flag.set()
+        # kopf stops gracefully (watchers, workers, timers); with dozens of objects that takes seconds
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(self.task, 15)
+            await asyncio.wait_for(self.task, 60)
         self.task = None
 
 
 OperatorFactory = Callable[..., Awaitable[Operator]]
+
+
+VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+
+
+def operator_calls(cluster: Cluster) -> set[tuple[str, str, str]]:
+    """(group, resource[/subresource], verb) of every resource request kopf made, as RBAC sees them."""
+    calls: set[tuple[str, str, str]] = set()
+    for request in cluster.server:
+        if request.resource is None or not request.headers.get("User-Agent", "").startswith("kopf/"):
+            continue
+        if request.resource.plural is None:
+            continue  # discovery (/api, /apis/<group>/<version>): allowed to every authenticated user
+        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        method = str(request.method.value).upper()
+        if method == "GET":
+            verb = "watch" if request.params.get("watch") in ("true", "1") else "get" if request.name else "list"
+        else:
+            verb = VERBS[method]
+        calls.add((request.resource.group or "", resource, verb))
+    return calls

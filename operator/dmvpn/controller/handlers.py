@@ -142,6 +142,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     settings.posting.reporting_instance = memory.config.instance
     settings.posting.event_name_prefix = "dmvpn-"
     settings.peering.standalone = True  # one replica: the allocation ledger lives in this process
+    settings.background.instant_exit_timeout = 0.1  # timers sleep between ticks: they stop at once
     settings.scanning.disabled = True  # CRDs are installed before the operator; no CRD/namespace watching
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
