@@ -6,4 +6,5 @@ B=${VENV:-.venv}/bin
 $B/ruff check operator cni tests bench
 $B/ruff format --check operator cni tests bench
 $B/mypy
+$B/mypy cni/dmvpn_cni   # the CNI plugin: stdlib only, typed as strictly
 $B/lint-imports

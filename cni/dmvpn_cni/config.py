@@ -133,7 +133,7 @@ class NetConf:
         self.node_state_file = _absolute_path(raw, "nodeStateFile", DEFAULT_NODE_STATE_FILE)
         self.data_dir = _absolute_path(raw, "dataDir", DEFAULT_DATA_DIR)
         self.ipam_data_dir = _absolute_path(raw, "ipamDataDir", DEFAULT_IPAM_DATA_DIR)
-        self.hairpin_mode = _boolean(raw, "hairpinMode", False)
+        self.hairpin_mode = _boolean(raw, "hairpinMode", True)  # as flannel: a pod reaches itself via a Service
         self.gc_grace_seconds = _number(raw, "gcGraceSeconds", DEFAULT_GC_GRACE_SECONDS)
         self.routes = _routes(raw)
         self.prev_result = _optional_object(raw, "prevResult")

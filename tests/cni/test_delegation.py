@@ -6,6 +6,7 @@ import ipaddress
 import json
 from pathlib import Path
 
+import pytest
 from cnitest import REFERENCE_PLUGINS, Node, in_netns
 
 RECORDING_PLUGIN = """#!/bin/sh
@@ -93,9 +94,10 @@ def test_status_and_gc_are_not_sent_to_a_bridge_that_predates_them(node: Node) -
     assert node.run("GC", body).returncode == 0
 
 
-def test_hairpin_mode_can_be_turned_on(node: Node) -> None:
+@pytest.mark.parametrize(("conf", "expected"), [({}, "1"), ({"hairpinMode": False}, "0")])
+def test_hairpin_mode_is_on_by_default_and_can_be_turned_off(node: Node, conf: dict[str, bool], expected: str) -> None:
     pod = node.pod()
-    result = node.add(pod, node.conf(hairpinMode=True))
+    result = node.add(pod, node.conf(**conf))
     host_veth = result["interfaces"][1]["name"]
     flags = in_netns(node.netns, "cat", f"/sys/class/net/{host_veth}/brport/hairpin_mode").stdout
-    assert flags.strip() == "1"
+    assert flags.strip() == expected

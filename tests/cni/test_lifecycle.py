@@ -56,7 +56,7 @@ def test_the_stored_record_holds_the_delegate_config_and_is_private(node: Node) 
     assert record["delegate"]["type"] == "bridge"
     assert record["delegate"]["bridge"] == node.bridge
     assert record["delegate"]["isGateway"] is True and record["delegate"]["ipMasq"] is False
-    assert record["delegate"]["hairpinMode"] is False
+    assert record["delegate"]["hairpinMode"] is True
     assert record["delegate"]["ipam"]["ranges"] == [[{"subnet": node.subnet}]]
     assert record_path.stat().st_mode & 0o777 == 0o600
     assert [name for name in record_path.parent.iterdir() if name.suffix == ".tmp"] == []
