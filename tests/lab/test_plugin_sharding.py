@@ -11,7 +11,7 @@ def test_files_are_never_split_and_load_is_balanced() -> None:
     assert sorted(len(shard) for shard in shards) == [4, 4]
     for shard in shards:
         assert len({nodeid.split("::")[0] for nodeid in shard}) in (1, 2)
-    assert sorted(sum(shards, [])) == sorted(ids)
+    assert sorted(nodeid for shard in shards for nodeid in shard) == sorted(ids)
 
 
 def test_never_more_shards_than_files() -> None:
