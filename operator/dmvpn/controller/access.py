@@ -36,14 +36,15 @@ EVENTS: Final = "events"
 
 #: What the operator (kopf) calls. kopf lists and watches each resource it handles or indexes,
 #: patches the objects it handles (finalizer, progress annotations under dmvpn.io) and their status
-#: subresource, and creates core/v1 Events. It reads no Secrets: the agents check them.
+#: subresource, and creates core/v1 Events in the namespace it runs in (where kopf posts the Events
+#: of cluster-scoped objects). It reads no Secrets: the agents read and check them.
 OPERATOR_ACCESS: Final = (
     Access(GROUP, HUBS, ("list", "watch", "patch"), "handle hubs; finalizer and progress annotations"),
     Access(GROUP, SPOKES, ("list", "watch", "patch"), "handle spokes; finalizer and progress annotations"),
     Access(GROUP, f"{HUBS}/status", ("patch",), "conditions, nbma, summaries"),
     Access(GROUP, f"{SPOKES}/status", ("patch",), "conditions, allocations, summaries"),
     Access("", NODES, ("list", "watch"), "which nodes a hub or spoke selects, their addresses"),
-    Access("", EVENTS, ("create",), "Kubernetes Events about hubs and spokes"),
+    Access("", EVENTS, ("create",), "Kubernetes Events about hubs and spokes, in its own namespace", "namespace"),
 )
 
 #: What an agent calls (its Kubernetes mode): read the objects, report its own node's entry in
