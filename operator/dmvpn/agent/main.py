@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import signal
 import sys
@@ -136,9 +137,9 @@ async def run(config: NodeConfig, args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     control = ControlServer(args.socket, lambda command: COMMANDS[command](agent))
-    await agent.start()
+    await control.start()  # first, so dmvpnctl can watch a slow start
     try:
-        await control.start()
+        await agent.start()
         write_node_state(args.node_state, node_state(config))
         if metrics is not None:
             metrics.attach(agent)
@@ -159,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack to stderr
+    log.info("dmvpn-agent starting for node %s", args.node)
     if args.standalone is None:
         print(
             "dmvpn-agent: Kubernetes mode is not available yet; run with --standalone FILE --node NAME",

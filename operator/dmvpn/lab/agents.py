@@ -109,7 +109,7 @@ class AgentLab:
             for site in self.sites:
                 self.vici[site.name] = start_charon(self.lab, site)
 
-    def start_agent(self, site: Site, timeout_s: float = 60.0) -> AgentProcess:
+    def start_agent(self, site: Site, timeout_s: float = 120.0) -> AgentProcess:
         rundir = self.lab.site_rundir(site)
         sock = rundir / "agent.sock"
         log = rundir / "agent.log"
