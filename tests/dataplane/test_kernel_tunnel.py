@@ -18,7 +18,7 @@ from dmvpn.dataplane import (
     Route,
     TunnelAction,
 )
-from dmvpn.lab.topology import TUNNEL_NET, Lab, hub_and_spokes, ping
+from dmvpn.lab.topology import TUNNEL_NET, Lab, add_static_mgre, hub_and_spokes, ping
 
 pytestmark = pytest.mark.kernel
 
@@ -114,6 +114,16 @@ async def test_create_adopt_reconcile_idempotent_and_changed_params(lab: Lab) ->
         assert await dp.remove_tunnel() is True
         assert await dp.remove_tunnel() is False
         assert ns.run("ip", "route", "show", "proto", str(RTPROT_DMVPN)) == ""
+
+    # A device built by hand (the lab's 'ip tunnel add ... key 42 ttl 64 local .. dev eth0', /32, up)
+    # is adopted as is: only the Phase 2 switches change, never the GRE parameters.
+    add_static_mgre(spoke1)
+    async with Dataplane(site_config(spoke1), netns=spoke1.ns.name) as hand:
+        adopted = await hand.ensure_tunnel()
+        assert adopted.action is TunnelAction.UPDATED
+        assert not [c for c in adopted.changes if c.split()[0] in {"local", "link", "ikey", "okey", "ttl", "mtu"}]
+        assert "noarp off" in adopted.changes
+        assert (await hand.ensure_tunnel()).action is TunnelAction.ADOPTED
 
     # A non-GRE device with our name is not ours: refuse, never delete.
     ns.run("ip", "link", "add", "dmx", "type", "dummy")

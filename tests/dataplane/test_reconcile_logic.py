@@ -98,8 +98,8 @@ class FakeRtnl(Rtnl):
         self._record(f"neigh - {dst}")
         return self.neigh.pop(dst, None) is not None
 
-    async def routes(self, proto: int, table: int = RT_TABLE_MAIN) -> list[RouteEntry]:
-        return [entry for entry in self.route_table.values() if entry.proto == proto]
+    async def routes(self, table: int = RT_TABLE_MAIN) -> list[RouteEntry]:
+        return list(self.route_table.values())
 
     def _entry(self, prefix: IPv4Network, via: IPv4Address | None, oif: int, metric: int, proto: int) -> RouteEntry:
         scope = RT_SCOPE_LINK if via is None else 0
@@ -240,9 +240,10 @@ async def test_route_reconcile_never_overwrites_foreign_routes() -> None:
     first = await route_ops.reconcile(rtnl, DEV, wanted, OURS)
     assert set(first.added) == set(wanted[:2]) and first.conflicts == (wanted[2],)
     assert rtnl.route_table[(foreign.prefix, 0)] == foreign
+    assert not any("10.88" in line for line in rtnl.log), "a foreign key is not even tried"
     writes = rtnl.writes
-    again = await route_ops.reconcile(rtnl, DEV, wanted[:2], OURS)
-    assert not again.changed and rtnl.writes == writes
+    again = await route_ops.reconcile(rtnl, DEV, wanted, OURS)
+    assert not again.changed and again.conflicts == (wanted[2],) and rtnl.writes == writes
     moved = Route(IPv4Network("10.1.0.0/16"), via=A("10.255.0.253"))
     third = await route_ops.reconcile(rtnl, DEV, [moved], OURS)
     assert third.replaced == (moved,) and third.removed == (wanted[0],)

@@ -101,16 +101,16 @@ class Dataplane:
     async def set_neighbour(self, neighbour: Neighbour) -> bool:
         """Install or replace one binding (answer a solicitation, add a shortcut). True if it wrote."""
         index = await self._index()
-        current = {entry.dst: entry for entry in await self._rtnl.neighbours(index)}
-        return await neigh_ops.set_one(self._rtnl, index, neighbour, self.proto, current.get(neighbour.tunnel_ip))
+        current = await self._rtnl.neighbour(index, neighbour.tunnel_ip)
+        return await neigh_ops.set_one(self._rtnl, index, neighbour, self.proto, current)
 
     async def delete_neighbour(self, tunnel_ip: IPv4Address) -> bool:
         """Remove our binding for ``tunnel_ip``. False if there was none of ours."""
         index = await self._index()
-        for entry in await self._rtnl.neighbours(index):
-            if entry.dst == tunnel_ip and neigh_ops.is_ours(entry, self.proto):
-                return await self._rtnl.delete_neighbour(index, tunnel_ip)
-        return False
+        entry = await self._rtnl.neighbour(index, tunnel_ip)
+        if entry is None or not neigh_ops.is_ours(entry, self.proto):
+            return False
+        return await self._rtnl.delete_neighbour(index, tunnel_ip)
 
     async def neighbours(self) -> tuple[Neighbour, ...]:
         """Our bindings on the device, sorted (empty if there is no device)."""
@@ -132,8 +132,9 @@ class Dataplane:
     async def set_route(self, route: Route) -> bool:
         """Install or correct one of our routes. True if it wrote (False: in place, or a foreign conflict)."""
         oif = await self._index()
-        current = {(e.prefix, e.metric): e for e in await route_ops.ours(self._rtnl, oif, self.proto)}
-        return await route_ops.set_one(self._rtnl, oif, route, self.proto, current.get((route.prefix, route.metric)))
+        current, foreign = await route_ops.table_state(self._rtnl, oif, self.proto)
+        key = (route.prefix, route.metric)
+        return await route_ops.set_one(self._rtnl, oif, route, self.proto, current.get(key), foreign=key in foreign)
 
     async def delete_route(self, prefix: IPv4Network, metric: int = 0) -> bool:
         """Remove our route to ``prefix`` (with ``metric``). False if there was none of ours."""

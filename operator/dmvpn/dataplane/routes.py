@@ -24,32 +24,53 @@ def matches(entry: RouteEntry, want: Route, oif: int) -> bool:
     return entry.onlink
 
 
+def is_ours(entry: RouteEntry, oif: int, proto: int) -> bool:
+    """Ours: our protocol on our device (another mGRE of another cloud may use the same protocol)."""
+    return entry.proto == proto and entry.oif == oif
+
+
+async def table_state(rtnl: Rtnl, oif: int, proto: int) -> tuple[dict[RouteKey, RouteEntry], set[RouteKey]]:
+    """Our routes by key, and the keys that foreign routes hold (we must not overwrite those)."""
+    ours: dict[RouteKey, RouteEntry] = {}
+    foreign: set[RouteKey] = set()
+    for entry in await rtnl.routes():
+        key = (entry.prefix, entry.metric)
+        if is_ours(entry, oif, proto):
+            ours[key] = entry
+        else:
+            foreign.add(key)
+    return ours, foreign
+
+
 async def ours(rtnl: Rtnl, oif: int, proto: int) -> list[RouteEntry]:
-    """Our routes on our device (another mGRE of another cloud may use the same protocol number)."""
-    return [entry for entry in await rtnl.routes(proto) if entry.oif == oif]
+    return list((await table_state(rtnl, oif, proto))[0].values())
 
 
-async def set_one(rtnl: Rtnl, oif: int, want: Route, proto: int, current: RouteEntry | None) -> bool:
-    """Install or correct one route. Returns False when it was in place, or when the key belongs to a
-    foreign route (add refuses with EEXIST and we never replace what is not ours)."""
+async def set_one(
+    rtnl: Rtnl, oif: int, want: Route, proto: int, current: RouteEntry | None, foreign: bool = False
+) -> bool:
+    """Install or correct one route. False when it was in place, or when a foreign route holds the key
+    (we never replace what is not ours; the kernel keys a route by prefix and metric, not device)."""
     if current is not None:
         if matches(current, want, oif):
             return False
         await rtnl.replace_route(want.prefix, want.via, oif, want.metric, proto)
         return True
+    if foreign:
+        return False
     return await rtnl.add_route(want.prefix, want.via, oif, want.metric, proto)
 
 
 async def reconcile(rtnl: Rtnl, oif: int, desired: Iterable[Route], proto: int) -> ReconcileReport[Route]:
     wanted: dict[RouteKey, Route] = {(route.prefix, route.metric): route for route in desired}
-    current: dict[RouteKey, RouteEntry] = {(e.prefix, e.metric): e for e in await ours(rtnl, oif, proto)}
+    current, foreign = await table_state(rtnl, oif, proto)
     added: list[Route] = []
     replaced: list[Route] = []
     removed: list[Route] = []
     conflicts: list[Route] = []
     for key, want in sorted(wanted.items()):
         entry = current.get(key)
-        wrote = await set_one(rtnl, oif, want, proto, entry)
+        wrote = await set_one(rtnl, oif, want, proto, entry, foreign=key in foreign)
         if entry is None:
             (added if wrote else conflicts).append(want)
         elif wrote:

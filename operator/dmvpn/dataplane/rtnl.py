@@ -317,6 +317,20 @@ class Rtnl:
                 found.append(entry)
         return found
 
+    async def neighbour(self, index: int, dst: IPv4Address) -> NeighEntry | None:
+        """One entry by address (RTM_GETNEIGH get, no dump): the fast path for answering solicitations."""
+        try:
+            msgs = await self.ipr.neigh("get", ifindex=index, dst=str(dst), family=socket.AF_INET)
+        except NetlinkError as err:
+            if err.code in NOT_THERE:
+                return None
+            raise netlink_failure(f"get neighbour {dst}", err.code) from err
+        for msg in msgs:
+            entry = parse_neigh(msg)
+            if entry is not None and entry.dst == dst:
+                return entry
+        return None
+
     async def replace_neighbour(self, index: int, dst: IPv4Address, lladdr: IPv4Address, proto: int) -> None:
         await self._write(
             f"set neighbour {dst} lladdr {lladdr} on #{index}",
@@ -341,11 +355,12 @@ class Rtnl:
 
     # --- routes ----------------------------------------------------------------------------------
 
-    async def routes(self, proto: int, table: int = RT_TABLE_MAIN) -> list[RouteEntry]:
+    async def routes(self, table: int = RT_TABLE_MAIN) -> list[RouteEntry]:
+        """Every IPv4 route of the table (callers pick ours by protocol and device)."""
         found: list[RouteEntry] = []
         async for msg in await self.ipr.route("dump", family=socket.AF_INET, table=table):
             entry = parse_route(msg)
-            if entry is not None and entry.proto == proto and entry.table == table:
+            if entry is not None and entry.table == table:
                 found.append(entry)
         return found
 

@@ -50,17 +50,18 @@ class SolicitationListener:
         self._ipr: Any = None
 
     async def __aenter__(self) -> SolicitationListener:
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"groups": RTMGRP_NEIGH}
         if self.netns is not None:
-            kwargs = {"netns": netns_path(self.netns), "flags": 0}
+            kwargs.update(netns=netns_path(self.netns), flags=0)
         ipr = AsyncIPRoute(**kwargs)
         try:
-            await ipr.setup_endpoint()
+            # Bind before any request: a netlink socket that already sent something is autobound and
+            # cannot join groups by bind() any more.
+            await ipr.bind(groups=RTMGRP_NEIGH)
             found = await ipr.link_lookup(ifname=self.ifname)
             if not found:
                 raise DataplaneError(f"device {self.ifname} not found: create the tunnel first")
             self.ifindex = int(found[0])
-            await ipr.bind(groups=RTMGRP_NEIGH)
         except OSError as err:
             ipr.close()
             raise NamespaceGone(f"cannot listen in namespace {self.netns}: {err}") from err

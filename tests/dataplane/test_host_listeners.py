@@ -1,5 +1,6 @@
-"""The NFLOG reader with the real hairpin rule, on this host's kernel: a router forwarding a packet back
-out of the interface it came in on (a veth here; the mGRE case is in test_kernel_phase2_phase3)."""
+"""The NFLOG reader (with the real hairpin rule) and the Phase 2 solicitation listener on this host's
+kernel: a router forwarding packets back out of the interface they came in on (a veth here; the mGRE
+cases are in test_kernel_phase2_phase3)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from dmvpn.dataplane import DataplaneError, HairpinConfig, HairpinEvent, NflogReader, install_hairpin_rule
+from dmvpn.dataplane import (
+    DataplaneError,
+    HairpinConfig,
+    HairpinEvent,
+    NflogReader,
+    Solicitation,
+    SolicitationListener,
+    install_hairpin_rule,
+)
 
 
 @dataclass
@@ -89,3 +98,24 @@ async def test_a_group_bound_twice_is_a_clear_error(hairpin: Hairpin) -> None:
         with pytest.raises(DataplaneError, match="already bound"):
             async with NflogReader(8, netns=hairpin.router):
                 pass
+
+
+async def test_solicitation_listener_hears_the_kernel_ask(hairpin: Hairpin) -> None:
+    """app_solicit works on any ARP device: an unknown neighbour on r0 makes the kernel ask us."""
+    for key, value in (("app_solicit", 1), ("ucast_solicit", 0), ("mcast_solicit", 0)):
+        sh("ip", "netns", "exec", hairpin.router, "sysctl", "-qw", f"net.ipv4.neigh.r0.{key}={value}")
+    asks: list[Solicitation] = []
+    async with SolicitationListener("r0", netns=hairpin.router) as listener:
+
+        async def collect() -> None:
+            async for ask in listener:
+                asks.append(ask)
+
+        task = asyncio.create_task(collect())
+        argv = ["ip", "netns", "exec", hairpin.router, "ping", "-c", "1", "-W", "1", "10.9.0.99"]
+        ping = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL)
+        await asyncio.wait_for(ping.wait(), 30)
+        await asyncio.sleep(0.2)
+        task.cancel()
+    assert asks and {ask.tunnel_ip for ask in asks} == {IPv4Address("10.9.0.99")}
+    assert asks[0].ifindex == listener.ifindex
