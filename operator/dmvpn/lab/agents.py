@@ -20,6 +20,7 @@ from dmvpn.lab.charon import start_charon
 from dmvpn.lab.topology import Lab, LabError, Site
 
 PSK = "lab-psk-not-for-production-use"
+STARTUP_TIMEOUT_S = 300.0  # importing pydantic + pyroute2 takes ~2 s here, far longer in an emulated guest
 
 
 def standalone_yaml(sites: Sequence[Site], *, ipsec: bool = True, phase: int = 3, idle_timeout: int = 300,
@@ -109,7 +110,8 @@ class AgentLab:
             for site in self.sites:
                 self.vici[site.name] = start_charon(self.lab, site)
 
-    def start_agent(self, site: Site, timeout_s: float = 120.0) -> AgentProcess:
+    def launch_agent(self, site: Site) -> AgentProcess:
+        """Start the agent process (importing it takes a while in an emulated guest: see wait_ready)."""
         rundir = self.lab.site_rundir(site)
         sock = rundir / "agent.sock"
         log = rundir / "agent.log"
@@ -122,28 +124,37 @@ class AgentLab:
         ]  # fmt: skip
         if sock.exists():
             sock.unlink()
-        proc = site.ns.popen(*argv, log=log)
-        agent = AgentProcess(site, proc, sock, log, argv)
+        agent = AgentProcess(site, site.ns.popen(*argv, log=log), sock, log, argv)
+        self.agents[site.name] = agent
+        return agent
+
+    def wait_ready(self, agent: AgentProcess, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        """Until the agent has started (its control socket answers and it logged 'started')."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise LabError(f"agent at {site.name} exited {proc.returncode}:\n{agent.log_text()[-3000:]}")
-            if sock.exists():
+            if agent.proc.poll() is not None:
+                raise LabError(
+                    f"agent at {agent.site.name} exited {agent.proc.returncode}:\n{agent.log_text()[-3000:]}"
+                )
+            if agent.socket.exists():
                 try:
-                    agent.request("show dmvpn")
-                    break
+                    if any(e["kind"] == "started" for e in agent.request("show events")):
+                        return
                 except (OSError, LabError, ValueError):
                     pass
-            time.sleep(0.1)
-        else:
-            raise LabError(f"agent at {site.name} did not answer within {timeout_s} s:\n{agent.log_text()[-3000:]}")
-        self.agents[site.name] = agent
+            time.sleep(0.2)
+        raise LabError(f"agent at {agent.site.name} not started within {timeout_s} s:\n{agent.log_text()[-3000:]}")
+
+    def start_agent(self, site: Site, timeout_s: float = STARTUP_TIMEOUT_S) -> AgentProcess:
+        agent = self.launch_agent(site)
+        self.wait_ready(agent, timeout_s)
         return agent
 
     def start_all(self) -> None:
         self.start_charons()
-        for site in self.sites:
-            self.start_agent(site)
+        launched = [self.launch_agent(site) for site in self.sites]  # in parallel: imports are slow under TCG
+        for agent in launched:
+            self.wait_ready(agent)
 
     def wait_registered(self, timeout_s: float = 60.0) -> None:
         """Every spoke has every NHS up."""
