@@ -284,6 +284,10 @@ class Agent:
     def _send(self, action: Send) -> None:
         nbma = action.nbma
         if self.ipsec is not None and isinstance(nbma, IPv4Address) and nbma not in self._sa_up:
+            if self.ipsec.sa_up(nbma):  # the manager heard first (our event task has not run yet)
+                self._sa_changed(nbma, True, "event")
+                self._transmit(action)
+                return
             held = self._held.setdefault(nbma, deque(maxlen=PENDING_SEND_MAX))
             held.append((self.clock(), action))
             self.stats.sends_held_for_sa += 1
