@@ -11,6 +11,7 @@ runs, is reported as a failure: a skipped data-plane test proves nothing.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -42,6 +43,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(RESULTS_OPTION, default=None, help="(internal) where the guest writes its results")
     group.addoption("--guest-timeout", type=float, default=2400.0, help="hard limit for the whole guest run (seconds)")
+    group.addoption(
+        "--guest-shards",
+        type=int,
+        default=int(os.environ.get("DMVPN_GUEST_SHARDS", "2")),
+        help="guests booted side by side, each running a share of the kernel test files (default 2)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
