@@ -20,6 +20,7 @@ from dmvpn.ipsec import (
     PeerAction,
     ProtectionProfile,
     PskAuth,
+    Role,
     SaEventStream,
     X509Auth,
     guard_counters,
@@ -112,7 +113,7 @@ async def test_shortcut_sa_on_demand_from_both_sides_at_once(lab: Lab) -> None:
 
 
 def _charon_process(s: Site) -> subprocess.Popen[bytes]:
-    [proc] = [p for p in s.ns.procs if p.poll() is None and "charon" in " ".join(map(str, p.args))]  # type: ignore[arg-type]
+    [proc] = [p for p in s.ns.procs if p.poll() is None and "charon" in str(p.args)]
     return proc
 
 
@@ -126,9 +127,9 @@ async def test_required_guard_drops_clear_gre_and_x509_sa_survives_charon_restar
         ca = make_ca(Path(tmp))
         creds = {s.name: make_leaf(Path(tmp), s.name, str(s.nbma)) for s in (hub, spoke)}
 
-    def profile(s: Site, role: str) -> ProtectionProfile:
+    def profile(s: Site, role: Role) -> ProtectionProfile:
         leaf = creds[s.name]
-        return ProtectionProfile(s.nbma, X509Auth(leaf.certificate_pem, leaf.private_key_pem, ca), role=role)  # type: ignore[arg-type]
+        return ProtectionProfile(s.nbma, X509Auth(leaf.certificate_pem, leaf.private_key_pem, ca), role=role)
 
     # Without the guard the hub accepts clear GRE from anyone: the rogue gets through.
     assert ping(rogue.ns, str(hub.tunnel_ip), count=1)[1] == 1

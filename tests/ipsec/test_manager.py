@@ -155,17 +155,55 @@ async def test_charon_restart_reports_down_then_reloads_and_reinitiates(socket_p
         await charon.stop()
 
 
+async def test_shortcut_we_initiate_is_initiated_again_after_a_charon_restart(socket_path: Path) -> None:
+    charon = FakeCharon(socket_path, str(MID))
+    await charon.start()
+    ipsec = manager(socket_path, reconnect_max_s=0.2)
+    try:
+        await ipsec.start()
+        await ipsec.ensure_peer(HIGH)
+        assert await ipsec.wait_sa_up(HIGH, 2.0)
+        await charon.stop()
+        await charon.start()
+        await asyncio.sleep(0.1)
+        assert await ipsec.wait_sa_up(HIGH, 5.0)
+        assert ipsec.initiations == 2
+    finally:
+        await ipsec.close()
+        await charon.stop()
+
+
+async def test_refused_profile_raises_at_start(charon: FakeCharon, socket_path: Path) -> None:
+    async def refuse(*_: object) -> dict[str, str]:
+        return {"success": "no", "errmsg": "invalid value for: proposals"}
+
+    charon.cmd_load_conn = refuse  # type: ignore[method-assign]
+    with pytest.raises(IpsecError, match="proposals"):
+        await manager(socket_path).start()
+
+
 async def test_duplicate_ike_sas_the_lower_end_keeps_its_own(charon: FakeCharon, socket_path: Path) -> None:
     async with manager(socket_path) as ipsec:  # we are MID, the peer HIGH: we are the lower end
         await ipsec.ensure_peer(HIGH)
         assert await ipsec.wait_sa_up(HIGH, 2.0)
         [ours] = charon.sas_to(str(HIGH))
         theirs = charon.peer_initiates(str(HIGH))  # a fallback that crossed ours
-        for _ in range(50):
+        for _ in range(150):
             if theirs not in charon.sas:
                 break
             await asyncio.sleep(0.02)
         assert charon.sas_to(str(HIGH)) == [ours]
+        assert ipsec.sa_up(HIGH)
+
+
+async def test_duplicates_made_by_the_peer_alone_are_left_to_charon(charon: FakeCharon, socket_path: Path) -> None:
+    # A restarted peer initiates again while its stale IKE_SA still exists here: keeping the older one
+    # would drop the live one, so the manager must not choose (charon's INITIAL_CONTACT handling does).
+    async with manager(socket_path) as ipsec:
+        stale = charon.peer_initiates(str(HIGH))
+        fresh = charon.peer_initiates(str(HIGH))
+        await asyncio.sleep(1.5)
+        assert charon.sas_to(str(HIGH)) == [stale, fresh]
         assert ipsec.sa_up(HIGH)
 
 

@@ -32,6 +32,7 @@ from dmvpn.ipsec.types import (
     CharonUnavailable,
     IkeSaInfo,
     InitiatePolicy,
+    IpsecError,
     PeerAction,
     ProtectionProfile,
     SaEvent,
@@ -46,6 +47,9 @@ _ALIVE = frozenset({"CREATED", "CONNECTING", "ESTABLISHED", "PASSIVE", "REKEYING
 #: Retry interval of an ALWAYS peer (hub) whose SA does not come up: doubles up to the maximum.
 _RETRY_S = 2.0
 _RETRY_MAX_S = 60.0
+#: Duplicate IKE_SAs count as crossed initiations only if established this close together.
+_DEDUPE_WINDOW_S = 60
+_DEDUPE_SETTLE_S = 1.0
 
 
 class SaEventStream:
@@ -135,7 +139,11 @@ class IpsecManager:
         """Connect both sessions, apply the profile, read the current SAs; raises CharonUnavailable if
         charon does not answer."""
         await self._connect()
-        await self._after_connect()
+        try:
+            await self._after_connect()
+        except BaseException:
+            await self._disconnect()
+            raise
         self._runner = asyncio.create_task(self._run(), name="dmvpn-ipsec-events")
 
     async def close(self) -> None:
@@ -185,8 +193,9 @@ class IpsecManager:
         self._cmd = self._ev = None
 
     async def _after_connect(self) -> None:
-        await self.apply()
+        """Bring a new session up to date: SAs charon already has, our profile, then our peers."""
         self._publish(self._table.sync(await self.list_sas()), "sync")
+        await self.apply()
         for peer, policy in self._desired.items():
             self._start_keeper(peer, policy)
 
@@ -223,6 +232,11 @@ class IpsecManager:
             except CharonUnavailable as error:
                 log.debug("charon not back yet: %s", error)
                 await self._disconnect()
+            except IpsecError as error:
+                # charon is back but refuses our profile: keep the connection (events, status) and say so;
+                # retrying would not change charon's mind, the next apply() with a new profile may.
+                log.error("charon refused the IPsec profile after reconnecting: %s", error)
+                return
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.reconnect_max_s)
 
@@ -242,7 +256,7 @@ class IpsecManager:
         self._publish(transitions, name)
         for peer in came_up:
             if len(self._table.ikes_of(peer)) > 1:
-                self._spawn(self._dedupe(peer))
+                self._spawn(self._dedupe_logged(peer))
 
     def _publish(self, transitions: list[Transition], reason: str) -> None:
         now = datetime.now(UTC)
@@ -436,9 +450,13 @@ class IpsecManager:
         """Per-peer background duty: the fallback initiation (AUTO, waiting side) or keeping a hub's SA up
         (ALWAYS). Ends with :meth:`remove_peer`, :meth:`close` or a new policy for the peer."""
         try:
-            if policy is InitiatePolicy.AUTO and not we_initiate(self.profile.local_nbma, peer, policy):
-                if not await self._wait_state(peer, True, self.fallback_s) and not await self._in_progress(peer):
+            if policy is InitiatePolicy.AUTO:
+                if not we_initiate(self.profile.local_nbma, peer, policy):
+                    if await self._wait_state(peer, True, self.fallback_s):
+                        return
                     log.info("no SA from %s within %.1f s: initiating ourselves", peer, self.fallback_s)
+                    initiated = False
+                if not initiated and not self._table.up(peer) and not await self._in_progress(peer):
                     await self._initiate(peer)
             elif policy is InitiatePolicy.ALWAYS:
                 await self._keep_up(peer, initiated)
@@ -458,20 +476,34 @@ class IpsecManager:
             else:
                 retry = min(retry * 2, _RETRY_MAX_S)
 
+    async def _dedupe_logged(self, peer: IPv4Address) -> None:
+        try:
+            await self._dedupe(peer)
+        except IpsecError as error:  # includes CharonUnavailable: the next duplicate gets another try
+            log.warning("could not remove duplicate IKE_SAs to %s: %s", peer, error)
+
     async def _dedupe(self, peer: IPv4Address) -> None:
-        """Two established IKE_SAs to one peer (a fallback crossed the peer's initiation): the end with
-        the lower NBMA address terminates all but the one both ends agree to keep."""
+        """Two established IKE_SAs to one peer, one made by each end (a fallback crossed the peer's
+        initiation): the end with the lower NBMA address terminates all but the one both ends agree to
+        keep. Only SAs established within :data:`_DEDUPE_WINDOW_S` of each other count: an old SA next to
+        a new one is a restart, which charon resolves itself."""
         if int(self.profile.local_nbma) > int(peer):
             return
-        ikes = self._table.ikes_of(peer)
-        keep = keep_duplicate(self.profile.local_nbma, peer, tuple(ike.initiator for ike in ikes))
+        await asyncio.sleep(_DEDUPE_SETTLE_S)  # let charon's own uniqueness handling go first
+        sas = sorted(
+            (ike for ike in await self._sas_to(peer) if ike.state == "ESTABLISHED" and ike.child_installed),
+            key=lambda ike: ike.unique_id,
+        )
+        ages = [ike.established_s for ike in sas if ike.established_s is not None]
+        if len(ages) != len(sas) or not ages or max(ages) - min(ages) > _DEDUPE_WINDOW_S:
+            return
+        keep = keep_duplicate(self.profile.local_nbma, peer, tuple(ike.initiator for ike in sas))
         if keep is None:
             return
-        for index, ike in enumerate(ikes):
+        for index, ike in enumerate(sas):
             if index != keep:
-                log.info("terminating duplicate IKE_SA %d to %s", ike.unique_id, peer)
-                with contextlib.suppress(CharonUnavailable):
-                    await self._session().request("terminate", render_terminate(ike.unique_id), check=False)
+                log.info("terminating duplicate IKE_SA %d to %s (crossed initiations)", ike.unique_id, peer)
+                await self._session().request("terminate", render_terminate(ike.unique_id), check=False)
 
 
 def _text(value: Any) -> str:

@@ -34,13 +34,11 @@ def fallback_due(waited_s: float, sa_up: bool, fallback_s: float = DEFAULT_FALLB
 
 
 def keep_duplicate(local_nbma: IPv4Address, peer_nbma: IPv4Address, initiated_by_us: tuple[bool, ...]) -> int | None:
-    """With several established IKE_SAs to one peer (a fallback crossed the peer's initiation), the index
-    of the one both ends keep: the one initiated by the lower NBMA address, else the first. None if there
-    is nothing to choose."""
-    if len(initiated_by_us) < 2:
-        return None
+    """With several established IKE_SAs to one peer, the index of the one both ends keep when a fallback
+    crossed the peer's initiation: the first one the lower NBMA address initiated. None unless both ends
+    initiated one: duplicates all made by one end are a restart or a reauthentication, which charon's
+    uniqueness policy and INITIAL_CONTACT resolve (keeping the old one would drop the live one)."""
     lower_is_us = int(local_nbma) < int(peer_nbma)
-    for index, ours in enumerate(initiated_by_us):
-        if ours == lower_is_us:
-            return index
-    return 0
+    if len(initiated_by_us) < 2 or len(set(initiated_by_us)) < 2:
+        return None
+    return initiated_by_us.index(lower_is_us)
