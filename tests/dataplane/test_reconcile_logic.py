@@ -169,9 +169,9 @@ async def test_failure_on_an_adopted_device_never_deletes_it() -> None:
 async def test_changed_gre_parameters_are_reported_and_changed_in_place() -> None:
     rtnl = FakeRtnl()
     await tunnel_ops.ensure_tunnel(rtnl, config())
-    report = await tunnel_ops.ensure_tunnel(rtnl, config(key=43, ttl=32))
+    report = await tunnel_ops.ensure_tunnel(rtnl, config(key=43, ttl=32, mtu=1300))
     assert report.action is TunnelAction.UPDATED
-    assert {"ikey 42 -> 43", "okey 42 -> 43", "ttl 64 -> 32"} <= set(report.changes)
+    assert {"ikey 42 -> 43", "okey 42 -> 43", "ttl 64 -> 32", "mtu 1400 -> 1300"} == set(report.changes)
     assert "change #10" in rtnl.log and "create dmvpn0" in rtnl.log[:1]
 
 

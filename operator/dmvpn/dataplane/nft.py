@@ -9,7 +9,7 @@ from typing import Any
 from dmvpn.dataplane.netns import netns_path
 from dmvpn.dataplane.types import DataplaneError
 
-NFT_TIMEOUT_S = 15.0
+NFT_TIMEOUT_S = 60.0  # generous: the first nft in a fresh namespace may load modules (slow under emulation)
 
 
 def nft_argv(netns: str | None, *args: str) -> list[str]:

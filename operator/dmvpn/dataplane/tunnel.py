@@ -60,6 +60,9 @@ async def ensure_tunnel(rtnl: Rtnl, config: TunnelConfig) -> TunnelReport:
         raise DeviceConflict(f"{config.name} exists but is a {link.kind or 'plain'} device, not GRE: not ours")
     gre_changes = gre_differences(link.gre, want)
     if gre_changes:
+        # The change below carries the MTU too: report it here, _converge will find it in place.
+        if link.mtu != config.mtu:
+            gre_changes.append(f"mtu {link.mtu} -> {config.mtu}")
         changed = await _change_or_recreate(rtnl, config, link, want, gre_changes)
         if changed is not None:
             return changed
