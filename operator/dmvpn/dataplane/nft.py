@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 
 from dmvpn.dataplane.netns import netns_path
-from dmvpn.dataplane.types import DataplaneError
+from dmvpn.dataplane.types import DataplaneError, NamespaceGone
 
 NFT_TIMEOUT_S = 60.0  # generous: the first nft in a fresh namespace may load modules (slow under emulation)
 
@@ -17,7 +18,14 @@ def nft_argv(netns: str | None, *args: str) -> list[str]:
     return [*prefix, "nft", *args]
 
 
+def require_netns(netns: str | None) -> None:
+    """Checked first: nsenter's "No such file or directory" would read like nft's "no such table"."""
+    if netns is not None and not os.path.exists(netns_path(netns)):
+        raise NamespaceGone(f"network namespace {netns_path(netns)} does not exist")
+
+
 async def run_nft(netns: str | None, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    require_netns(netns)
     proc = await asyncio.create_subprocess_exec(
         *nft_argv(netns, *args),
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
