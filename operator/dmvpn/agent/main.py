@@ -159,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
+        force=True,
     )
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack to stderr
     log.info("dmvpn-agent starting for node %s", args.node)

@@ -6,9 +6,12 @@ lab's sites, exactly as a user would write it for a cluster.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import os
+import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +23,7 @@ from dmvpn.lab.charon import start_charon
 from dmvpn.lab.topology import Lab, LabError, Site
 
 PSK = "lab-psk-not-for-production-use"
+CLONE_NEWNET = 0x40000000
 STARTUP_TIMEOUT_S = 300.0  # importing pydantic + pyroute2 takes ~2 s here, far longer in an emulated guest
 
 
@@ -53,22 +57,71 @@ def standalone_yaml(sites: Sequence[Site], *, ipsec: bool = True, phase: int = 3
 
 @dataclass
 class AgentProcess:
+    """One agent: a forked child of this (already importing) process, running ``dmvpn.agent.main.main``
+    with the argv a ``dmvpn-agent`` command would get, inside the site's network namespace."""
+
     site: Site
-    proc: subprocess.Popen[bytes]
+    pid: int
     socket: Path
     log: Path
     argv: list[str]
+    returncode: int | None = None
 
     def request(self, command: str, timeout: float = 5.0) -> Any:
         return control_request(self.socket, command, timeout)
 
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
     def kill(self) -> None:
         """kill -9: nothing is cleaned up (the kernel state and SAs stay)."""
-        self.proc.kill()
-        self.proc.wait(timeout=10)
+        os.kill(self.pid, signal.SIGKILL)
+        _, status = os.waitpid(self.pid, 0)
+        self.returncode = os.waitstatus_to_exitcode(status)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def _enter_netns(name: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {name} failed")
+    finally:
+        os.close(fd)
+
+
+def fork_agent(site: Site, args: list[str], log: Path) -> int:
+    """Fork a child that enters the site's namespace and runs the agent's ``main(args)``.
+
+    Why not ``ip netns exec python -m dmvpn.agent.main``: importing pydantic, pyroute2 and asyncio from the
+    host's files takes minutes in an emulated guest under load; the parent has imported them once."""
+    import dmvpn.agent.main as agent_main  # imported in the parent, once
+
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        os.setsid()
+        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the child's own streams
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        _enter_netns(site.ns.name)
+        code = agent_main.main(args)
+    except BaseException as error:  # report and never return into the parent's code (pytest)
+        with contextlib.suppress(Exception):
+            print(f"agent child failed: {error!r}", file=sys.stderr, flush=True)
+    finally:
+        os._exit(code)
 
 
 def control_request(path: Path, command: str, timeout: float = 5.0) -> Any:
@@ -124,7 +177,7 @@ class AgentLab:
         ]  # fmt: skip
         if sock.exists():
             sock.unlink()
-        agent = AgentProcess(site, site.ns.popen(*argv, log=log), sock, log, argv)
+        agent = AgentProcess(site, fork_agent(site, argv[3:], log), sock, log, argv)
         self.agents[site.name] = agent
         return agent
 
@@ -132,10 +185,8 @@ class AgentLab:
         """Until the agent has started (its control socket answers and it logged 'started')."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if agent.proc.poll() is not None:
-                raise LabError(
-                    f"agent at {agent.site.name} exited {agent.proc.returncode}:\n{agent.log_text()[-3000:]}"
-                )
+            if agent.poll() is not None:
+                raise LabError(f"agent at {agent.site.name} exited {agent.returncode}:\n{agent.log_text()[-3000:]}")
             if agent.socket.exists():
                 try:
                     if any(e["kind"] == "started" for e in agent.request("show events")):
