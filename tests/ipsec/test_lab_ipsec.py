@@ -168,11 +168,13 @@ async def test_required_guard_drops_clear_gre_and_x509_sa_survives_charon_restar
         start_charon(lab, spoke)
         await expect(events, up=True)
         assert ping(spoke.ns, str(hub.tunnel_ip), count=2, interval=0.2) == (2, 2)
-        # The hub replaced the stale IKE_SA (INITIAL_CONTACT / unique=replace): one left.
+        # The hub replaced the stale IKE_SA (INITIAL_CONTACT / unique=replace): one established left (the
+        # stale one may linger in DELETING while its DELETE goes unanswered by the new charon).
         for _ in range(40):
-            if len(await hub_ipsec.list_sas()) == 1:
+            established = [ike for ike in await hub_ipsec.list_sas() if ike.state == "ESTABLISHED"]
+            if len(established) == 1:
                 break
             await asyncio.sleep(0.5)
-        assert len(await hub_ipsec.list_sas()) == 1
+        assert len(established) == 1 and hub_ipsec.sa_up(spoke.nbma)
     assert await remove_guard(netns=hub.ns.name)
     assert await guard_counters(netns=hub.ns.name) is None
