@@ -12,7 +12,7 @@
    8.4 hub (which installs kernel neighbours through netlink too), one after the other in the same run.
    Replies per second and the ratio ours/FRR are printed. Goal: >= 1.0.
 
-    .venv/bin/python bench/nhrp_bench.py [--codec-seconds 2] [--spokes 240] [--rounds 5]
+    .venv/bin/python bench/nhrp_bench.py [--codec-seconds 2] [--spokes 200] [--rounds 3]
     make bench            # every bench/*_bench.py inside one guest
 """
 
@@ -237,8 +237,8 @@ def hub_bench(spokes: int, rounds: int, window: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--codec-seconds", type=float, default=2.0)
-    parser.add_argument("--spokes", type=int, default=240, help="simulated spokes, at most 250")
-    parser.add_argument("--rounds", type=int, default=5, help="registrations per spoke (first + refreshes)")
+    parser.add_argument("--spokes", type=int, default=200, help="simulated spokes, at most 250")
+    parser.add_argument("--rounds", type=int, default=3, help="registrations per spoke (first + refreshes)")
     parser.add_argument("--window", type=int, default=32, help="requests outstanding at once")
     parser.add_argument("--no-kernel", action="store_true", help="codec only")
     parser.add_argument("--kernel-only", action="store_true", help=argparse.SUPPRESS)
