@@ -46,6 +46,8 @@ from dmvpn.nhrp.codec.model import (
 )
 
 _FIXED_HEADER = struct.Struct("!HH5sBHHHBBBB")
+# code, prefix length, (reserved), MTU, holding time, NBMA/subaddress/protocol lengths, preference
+_CIE_HEADER = struct.Struct("!BBxxHHBBBB")
 _PACKET_TYPES = frozenset(int(member) for member in PacketType)
 _CIE_LIST_EXTENSIONS: dict[int, type[CIEListExtension]] = {
     ExtensionType.RESPONDER_ADDRESS: ResponderAddress,
@@ -184,23 +186,19 @@ def decode_cie_list(reader: _Reader) -> tuple[CIE, ...]:
 def decode_cie(reader: _Reader) -> CIE:
     if reader.remaining() < CIE_HEADER_LEN:
         raise NHRPDecodeError(reader.code, reader.pos, "truncated CIE")
-    code = reader.u8("CIE code")
-    prefix_length = reader.u8("CIE prefix length")
-    reader.take(2, "CIE reserved")
-    mtu = reader.u16("CIE MTU")
-    holding_time = reader.u16("CIE holding time")
-    nbma_len = reader.u8("CIE NBMA length") & ADDRESS_LENGTH_MASK
-    subaddress_len = reader.u8("CIE subaddress length") & ADDRESS_LENGTH_MASK
-    protocol_len = reader.u8("CIE protocol length")
-    preference = reader.u8("CIE preference")
+    # One unpack for the fixed 12 bytes (checked above): the codec's hot path, ~3x fewer calls.
+    (code, prefix_length, mtu, holding_time, nbma_len, subaddress_len, protocol_len, preference) = (
+        _CIE_HEADER.unpack_from(reader.data, reader.pos)
+    )
+    reader.pos += CIE_HEADER_LEN
     return CIE(
         code=code,
         prefix_length=prefix_length,
         mtu=mtu,
         holding_time=holding_time,
         preference=preference,
-        client_nbma=reader.address(nbma_len, "CIE NBMA address"),
-        client_nbma_subaddress=reader.take(subaddress_len, "CIE NBMA subaddress"),
+        client_nbma=reader.address(nbma_len & ADDRESS_LENGTH_MASK, "CIE NBMA address"),
+        client_nbma_subaddress=reader.take(subaddress_len & ADDRESS_LENGTH_MASK, "CIE NBMA subaddress"),
         client_protocol=reader.address(protocol_len, "CIE protocol address"),
     )
 
