@@ -23,6 +23,7 @@ import itertools
 import secrets
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
@@ -43,6 +44,35 @@ from dmvpn.controller.main import run
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "crds"
+
+
+VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One API request as RBAC sees it, and who made it (``kopf`` or anyone else)."""
+
+    client: str
+    method: str
+    group: str
+    resource: str
+    verb: str
+
+
+def call_of(request: rendering.Request) -> Call:
+    agent = str(request.headers.get("User-Agent", ""))
+    client = "kopf" if agent.startswith("kopf/") else "other"
+    method = str(request.method.value).upper()
+    target = request.resource
+    if target is None or target.plural is None:  # discovery (/api, /apis/<group>/<version>) or non-API
+        return Call(client, method, "", "", "")
+    resource = target.plural + (f"/{request.subresource}" if request.subresource else "")
+    if method == "GET":
+        verb = "watch" if request.params.get("watch") in ("true", "1") else "get" if request.name else "list"
+    else:
+        verb = VERBS.get(method, method.lower())
+    return Call(client, method, target.group or "", resource, verb)
 
 
 def resource_info(crd: Mapping[str, Any]) -> tuple[list[str], kmock.ResourceInfo]:
@@ -77,6 +107,10 @@ class ApiServer(kmock.KubernetesEmulator):
     """kmock's emulator with the API server bookkeeping kopf and kubectl rely on."""
 
     history_limit: int = 4
+    calls: Counter[Call] = attrs.field(factory=Counter, init=False)
+    """Every request as RBAC sees it. kmock itself keeps only the requests in flight here: it finds the
+    reaction to a request by scanning the requests it keeps, which is quadratic over a long run."""
+    _in_flight: set[int] = attrs.field(factory=set, init=False)
     _versions: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
 
     def serve_crds(self, documents: list[dict[str, Any]] | None = None) -> None:
@@ -142,6 +176,9 @@ class ApiServer(kmock.KubernetesEmulator):
             ops.append({"op": "add", "path": "/metadata/generation", "value": generation})
 
     async def _handle(self, request: rendering.Request) -> Any:
+        self.calls[call_of(request)] += 1
+        self._in_flight.add(id(request))
+        self._requests[:] = [r for r in self._requests if id(r) in self._in_flight]
         if request.resource is not None:
             version = str(next(self._versions))
             if request.action == enums.action.CREATE and isinstance(request.data, dict):
@@ -156,6 +193,7 @@ class ApiServer(kmock.KubernetesEmulator):
             # The API server answers a failed JSON patch (e.g. kopf's resourceVersion test) with 422.
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(error)) from None
         finally:
+            self._in_flight.discard(id(request))
             self._trim(request)
 
     def _trim(self, request: rendering.Request) -> None:
@@ -385,22 +423,10 @@ class Operator:
 OperatorFactory = Callable[..., Awaitable[Operator]]
 
 
-VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
-
-
 def operator_calls(cluster: Cluster) -> set[tuple[str, str, str]]:
     """(group, resource[/subresource], verb) of every resource request kopf made, as RBAC sees them."""
-    calls: set[tuple[str, str, str]] = set()
-    for request in cluster.server:
-        if request.resource is None or not request.headers.get("User-Agent", "").startswith("kopf/"):
-            continue
-        if request.resource.plural is None:
-            continue  # discovery (/api, /apis/<group>/<version>): allowed to every authenticated user
-        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-        method = str(request.method.value).upper()
-        if method == "GET":
-            verb = "watch" if request.params.get("watch") in ("true", "1") else "get" if request.name else "list"
-        else:
-            verb = VERBS[method]
-        calls.add((request.resource.group or "", resource, verb))
-    return calls
+    return {
+        (call.group, call.resource, call.verb)
+        for call in cluster.server.calls
+        if call.client == "kopf" and call.resource
+    }
