@@ -28,8 +28,9 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
 
 
 @pytest.fixture
-async def operator(cluster: Cluster) -> AsyncIterator[OperatorFactory]:
-    """``await operator(**config changes)`` starts the real operator against ``cluster``."""
+async def operator() -> AsyncIterator[OperatorFactory]:
+    """``await operator(**config changes)`` starts the real operator against the emulator of the test's
+    cluster fixture (via KUBECONFIG); request that fixture first so that it outlives the operator."""
     started: list[Operator] = []
 
     async def start(**changes: Any) -> Operator:
@@ -40,3 +41,13 @@ async def operator(cluster: Cluster) -> AsyncIterator[OperatorFactory]:
     yield start
     for running in started:
         await running.stop()
+
+
+@pytest.fixture
+async def cluster_without_crds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ApiServer]:
+    """An emulator serving only Kubernetes' own resources: the CRDs come with ``kubectl apply``."""
+    async with ApiServer() as server, kmock.Server(server) as http:
+        server.resources.load_bundled()
+        url = str(http.url).rstrip("/")
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig(url, tmp_path / "kubeconfig")))
+        yield server
