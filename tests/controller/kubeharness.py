@@ -17,10 +17,10 @@ need some of it, so ``ApiServer`` adds, on the server side only (clients are nev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import itertools
 import secrets
+import threading
 import time
 import uuid
 from collections import Counter
@@ -397,27 +397,41 @@ def fast_config(**changes: Any) -> ControllerConfig:
 
 @dataclass
 class Operator:
-    """A running operator (kopf.operator in a task) that can be stopped and started again."""
+    """A running operator that can be stopped and started again.
+
+    ``kopf.operator`` runs in a thread with its own event loop, as in the pod it has a process: on
+    exit, kopf cancels every task of its loop that it did not start with, which in the test's loop
+    would include the emulator's request handlers and pytest's fixtures.
+    """
 
     config: ControllerConfig
-    task: asyncio.Task[None] | None = None
-    stop_flag: asyncio.Event = field(default_factory=asyncio.Event)
+    thread: threading.Thread | None = None
+    stop_flag: threading.Event = field(default_factory=threading.Event)
+    failure: BaseException | None = None
+
+    def _main(self, ready: threading.Event) -> None:
+        try:
+            asyncio.run(run(self.config, stop_flag=self.stop_flag, ready_flag=ready))
+        except BaseException as error:  # reported by stop(): the test must see it
+            self.failure = error
 
     async def start(self) -> Operator:
-        self.stop_flag = asyncio.Event()
-        ready = asyncio.Event()
-        self.task = asyncio.create_task(run(self.config, stop_flag=self.stop_flag, ready_flag=ready))
-        await asyncio.wait_for(ready.wait(), 15)
+        self.stop_flag = threading.Event()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, args=(ready,), name="operator", daemon=True)
+        self.thread.start()
+        if not await asyncio.to_thread(ready.wait, 30):
+            raise AssertionError(f"the operator did not start: {self.failure!r}")
         return self
 
     async def stop(self) -> None:
-        if self.task is None:
+        if self.thread is None:
             return
         self.stop_flag.set()
-        # kopf stops gracefully (watchers, workers, timers); with dozens of objects that takes seconds
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(self.task, 60)
-        self.task = None
+        await asyncio.to_thread(self.thread.join, 60)
+        assert not self.thread.is_alive(), "the operator did not stop within 60 s"
+        self.thread = None
+        assert self.failure is None, f"the operator failed: {self.failure!r}"
 
 
 OperatorFactory = Callable[..., Awaitable[Operator]]
