@@ -214,7 +214,7 @@ def hub_bench(spokes: int, rounds: int, window: int) -> None:
         for site in (ours, frr, sender):
             add_static_mgre(site)
         frr.ns.run("ip", "route", "add", str(IPv4Network("10.255.0.0/24")), "dev", "gre1")
-        node = start_our_node(lab, ours, server=True, dump_interval=5.0)
+        node = start_our_node(lab, ours, timeout_s=400.0, server=True, dump_interval=5.0)
         frr_vty = start_frr_nhrpd(lab, frr, FrrNhrp(role="hub"))
         results = {}
         for name, hub in (("ours", ours), ("frr", frr)):
