@@ -133,7 +133,7 @@ def packets(*, wireshark_friendly: bool = False) -> st.SearchStrategy[Packet]:
 
 
 @given(packets())
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)  # no per-example deadline: CI hosts are loaded
 def test_round_trip(packet: Packet) -> None:
     assert decode(encode(packet)) == packet
 
@@ -149,7 +149,7 @@ def _decodes_or_raises_typed_error(data: bytes) -> None:
 
 
 @given(st.binary(max_size=300))
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)  # no per-example deadline: CI hosts are loaded
 def test_arbitrary_bytes_decode_or_raise_the_typed_error(data: bytes) -> None:
     _decodes_or_raises_typed_error(data)
 
@@ -174,13 +174,13 @@ def mutated_packets(draw: st.DrawFn) -> bytes:
 
 
 @given(mutated_packets())
-@settings(max_examples=600)
+@settings(max_examples=600, deadline=None)  # no per-example deadline: CI hosts are loaded
 def test_mutated_packets_decode_or_raise_the_typed_error(data: bytes) -> None:
     _decodes_or_raises_typed_error(data)
 
 
 @given(packets(), st.integers(0, 0xFFFF))
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)  # no per-example deadline: CI hosts are loaded
 def test_length_fields_lying_about_sizes_raise_the_typed_error(packet: Packet, value: int) -> None:
     data = bytearray(encode(packet))
     for offset in (10, 14):  # packet size, extension offset
