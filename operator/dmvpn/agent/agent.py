@@ -168,7 +168,7 @@ class Agent:
         self.installed = plan.Desired(frozenset(snapshot.neighbours), frozenset(snapshot.routes))
         if self.ipsec is not None:
             if self._install_guard is not None:
-                await self._install_guard()
+                await self._guard_or_retry()
             await self.ipsec.start()
             self._spawn(self._sa_event_loop())
             for hub in config.hubs:
@@ -192,6 +192,30 @@ class Agent:
         if self._solicitation_source is not None:
             self._spawn(self._solicitation_loop())
         self.event("started", f"{config.role} {config.object_name} on node {config.node}, phase {config.phase}")
+
+    async def _guard_or_retry(self) -> None:
+        """Install the IPsec-required guard; if nft fails (e.g. too slow), keep going and retry in the
+        background: SAs still protect our traffic, the guard only adds the drop of clear GRE."""
+        assert self._install_guard is not None
+        try:
+            await self._install_guard()
+            return
+        except Exception as error:
+            self.stats.last_error = f"ipsec guard: {error}"
+            self.event("guard-failed", f"{error}; retrying in the background")
+        self._spawn(self._retry_guard())
+
+    async def _retry_guard(self) -> None:
+        assert self._install_guard is not None
+        for attempt in range(60):
+            await asyncio.sleep(min(30.0, 2.0 * (attempt + 1)))
+            try:
+                await self._install_guard()
+            except Exception as error:
+                self.stats.last_error = f"ipsec guard: {error}"
+                continue
+            self.event("guard", "installed")
+            return
 
     async def close(self) -> None:
         for task in self._tasks:
