@@ -71,3 +71,13 @@ class BackgroundPing:
                 parts = line.split(",")
                 return int(parts[0].split()[0]), int(parts[1].split()[0])
         raise AssertionError(f"ping printed no summary: {out}")
+
+
+def first_echo_sent_at(ping_output: str) -> float:
+    """From ``ping -D``: '[1732500000.123456] 64 bytes from ...: icmp_seq=1 ttl=62 time=23.4 ms'."""
+    for line in ping_output.splitlines():
+        if "icmp_seq=1 " in line and "time=" in line:
+            stamp = float(line[1 : line.index("]")])
+            rtt_ms = float(line.split("time=")[1].split()[0])
+            return stamp - rtt_ms / 1000
+    raise AssertionError(f"no reply to the first echo: {ping_output}")
