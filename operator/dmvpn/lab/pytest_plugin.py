@@ -115,8 +115,10 @@ def _proxy_for(item: pytest.Item, run: GuestRun) -> pytest.Item:
 def pytest_collection_finish(session: pytest.Session) -> None:
     if session.config.option.collectonly:
         return
+    previous: GuestRun | None = None
     for run in session.config.stash.get(_RUNS_KEY, []):
-        run.start()
+        run.start(after=previous)
+        previous = run
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -154,13 +156,19 @@ class GuestRun:
     _thread: threading.Thread | None = None
     _printed: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _console_started: threading.Event = field(default_factory=threading.Event)
 
-    def start(self) -> None:
+    def start(self, after: GuestRun | None = None) -> None:
+        """Boot now, or once ``after`` shows console output: two vng boots started at the same instant
+        were seen to leave one guest hung before its first line."""
         self.started_at = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name=f"dmvpn-{self.name}", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(after,), name=f"dmvpn-{self.name}", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
+    def _run(self, after: GuestRun | None = None) -> None:
+        if after is not None:
+            after._console_started.wait(timeout=180)
+            self.started_at = time.monotonic()
         rootdir = Path(str(self.config.rootpath))
         labdir = rootdir / ".lab"
         labdir.mkdir(exist_ok=True)
@@ -181,6 +189,7 @@ class GuestRun:
         )
         try:
             for line in stream_guest(spec):
+                self._console_started.set()
                 if self.ready_at is None and READY_MARK in line:
                     self.ready_at = time.monotonic()
                 with self._lock:
@@ -190,6 +199,7 @@ class GuestRun:
         except subprocess.CalledProcessError as err:
             self.error = f"the kernel-lab guest exited with status {err.returncode}"
         finally:
+            self._console_started.set()  # never hold back the next guest, whatever happened
             self.finished_at = time.monotonic()
         self._load_results(results_file)
 
