@@ -41,6 +41,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--secrets-dir", type=Path, default=DEFAULT_SECRETS, help="secrets as DIR/<secret>/<key>")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     parser.add_argument("--node-state", type=Path, default=DEFAULT_NODE_STATE, help="CNI node-state file")
+    parser.add_argument("--kubeconfig", type=Path, help="Kubernetes mode: kubeconfig (default: in-cluster, KUBECONFIG)")
+    parser.add_argument("--namespace", help="Kubernetes mode: namespace of the Secrets (default: POD_NAMESPACE)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -164,11 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack to stderr
     log.info("dmvpn-agent starting for node %s", args.node)
     if args.standalone is None:
-        print(
-            "dmvpn-agent: Kubernetes mode is not available yet; run with --standalone FILE --node NAME",
-            file=sys.stderr,
-        )
-        return 2
+        from dmvpn.agent.kube import run_agent  # Kubernetes mode (docs/operator.md: the agent contract)
+
+        return asyncio.run(run_agent(args))
     try:
         config = load_standalone(args.standalone, args.node, args.secrets_dir)
     except ConfigError as error:
