@@ -7,6 +7,7 @@ import asyncio
 import base64
 import datetime
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,7 +21,21 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
 
-from kubeharness import HUBS, NODES, SPOKES, ApiServer, Cluster, eventually, hub, kubeconfig, node, spoke
+from kubeharness import (
+    HUBS,
+    NODES,
+    SPOKES,
+    ApiServer,
+    Cluster,
+    Operator,
+    OperatorFactory,
+    eventually,
+    fast_config,
+    hub,
+    kubeconfig,
+    node,
+    spoke,
+)
 
 from dmvpn.agent.config import ConfigError, HubPeer, NodeConfig, node_config
 from dmvpn.agent.kube import (
@@ -37,6 +52,7 @@ from dmvpn.agent.kube import (
     parse_objects,
 )
 from dmvpn.api import DMVPNHub, DMVPNSpoke, SecretKeyRef
+from dmvpn.controller.access import AGENT_ACCESS, triples
 
 NOW = "2026-01-01T00:00:00Z"
 
@@ -304,6 +320,21 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
             yield Cluster(server=server, url=url, session=session)
 
 
+@pytest.fixture
+async def operator() -> AsyncIterator[OperatorFactory]:
+    """The real operator (as in tests/controller), against the cluster fixture's emulator."""
+    started: list[Operator] = []
+
+    async def start(**changes: Any) -> Operator:
+        running = await Operator(fast_config(**changes)).start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop()
+
+
 @asynccontextmanager
 async def running_agent(node_name: str, reconciler: RecordingReconciler) -> AsyncIterator[KubeAgent]:
     stop = asyncio.Event()
@@ -423,3 +454,67 @@ async def test_api_unreachable_is_logged_and_retried(
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig("http://127.0.0.1:9", tmp_path / "kubeconfig")))
     async with running_agent("n1", RecordingReconciler()):
         await eventually(lambda: "watching /api/v1/nodes failed" in caplog.text, what="a logged failure")
+
+
+def agent_triples(calls: Counter[Any]) -> set[tuple[str, str, str]]:
+    return {(call.group, call.resource, call.verb) for call in calls if call.resource}
+
+
+async def test_secrets_from_the_api_and_every_call_is_declared_agent_access(cluster: Cluster) -> None:
+    await cluster.request(
+        "POST",
+        "/api/v1/namespaces/kube-dmvpn/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "nhrp", "namespace": "kube-dmvpn"},
+            "data": {"secret": base64.b64encode(b"s3cret").decode()},
+        },
+    )
+    auth = {"authentication": {"secretRef": {"name": "nhrp", "key": "secret"}}}
+    await cluster.create(node("hub-node", internal="192.0.2.1"))
+    await cluster.create(hub("hub-1", nhrp=auth))
+    await accept(cluster, HUBS, "hub-1", nbma="192.0.2.1")
+    before = Counter(cluster.server.calls)
+    reconciler = RecordingReconciler()
+    async with running_agent("hub-node", reconciler):
+        await eventually(lambda: reconciler.applied, what="the hub applied")
+        assert reconciler.applied[0].auth_secret == b"s3cret"
+        await eventually(lambda: cluster.status(HUBS, "hub-1").get("nodes", {}).get("hub-node"), what="report")
+    used = agent_triples(Counter(cluster.server.calls) - before)
+    assert used <= triples(AGENT_ACCESS), used - triples(AGENT_ACCESS)
+    assert ("", "secrets", "get") in used and ("dmvpn.io", "dmvpnhubs/status", "patch") in used
+
+
+async def test_report_is_refreshed_without_changes(cluster: Cluster) -> None:
+    await setup(cluster)
+    await accept(cluster, SPOKES, "spokes", allocations={"spoke-a": "10.255.0.2/24"})
+    reconciler = RecordingReconciler()
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession() as session:
+        client = KubeClient(load_connection(None), session)
+        agent = KubeAgent(client, "spoke-a", "kube-dmvpn", reconciler, poll_interval=0.1, report_interval=1.0)
+        task = asyncio.create_task(agent.run(stop))
+        try:
+            first = await eventually(lambda: nodes_status(cluster)["spoke-a"]["lastUpdate"], what="report")
+            await eventually(lambda: nodes_status(cluster)["spoke-a"]["lastUpdate"] != first, within=5, what="refresh")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    assert len(reconciler.applied) == 1
+
+
+async def test_with_the_real_operator_allocation_to_ready(cluster: Cluster, operator: OperatorFactory) -> None:
+    """Operator and agent together: the operator accepts and allocates, the agent applies and reports,
+    the operator counts the node ready."""
+    await cluster.create(node("hub-node", internal="192.0.2.1"))
+    await cluster.create(node("spoke-a", {"dmvpn.io/role": "spoke"}, internal="192.0.2.11"))
+    await cluster.create(hub("hub-1"))
+    await cluster.create(spoke("spokes"))
+    await operator()
+    reconciler = RecordingReconciler()
+    async with running_agent("spoke-a", reconciler):
+        await eventually(lambda: reconciler.applied, within=30, what="the allocated spoke applied")
+        address = cluster.status(SPOKES, "spokes")["allocations"]["spoke-a"]
+        assert str(reconciler.applied[0].tunnel) == address
+        await eventually(lambda: cluster.status(SPOKES, "spokes").get("readyNodes") == 1, within=30, what="Ready")

@@ -60,6 +60,7 @@ NODES = "/api/v1/nodes"
 REPORT_INTERVAL = 60.0  # docs/operator.md: lastUpdate at least every --stale-after/3 = 60 s by default
 POLL_INTERVAL = 2.0  # how often the running endpoint's live state is compared with the last report
 MAX_BACKOFF = 30.0
+SECRET_RETRY = 10.0  # a missing Secret is looked for again this often
 
 Kind = Literal["DMVPNHub", "DMVPNSpoke"]
 
@@ -482,6 +483,9 @@ class KubeAgent:
         self.decision: Decision | None = None
         self._reported: dict[Target, tuple[dict[str, Any], float]] = {}  # last entry (without lastUpdate), when
         self._complaint: str | None = None
+        self.secret_refresh = report_interval
+        self.secret_retry = SECRET_RETRY
+        self._secret_cache: dict[tuple[str, str], tuple[Mapping[str, str] | None, float]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         watchers = [self.hubs, self.spokes, self.nodes]
@@ -518,25 +522,36 @@ class KubeAgent:
         except ConfigError as error:
             self._complain(str(error))
 
+    async def _fetch_secret(self, namespace: str, name: str) -> Mapping[str, str] | None:
+        try:
+            secret = await self.client.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            return None  # the decision reports it as a missing Secret
+        return dict(secret.get("data") or {})
+
     def _complain(self, message: str) -> None:
         if message != self._complaint:  # once per change, not every poll
             log.warning("%s", message)
         self._complaint = message
 
     async def _secrets(self, objects: Iterable[DMVPNObject]) -> SecretSource:
+        """The Secrets the objects name, each re-read at most every ``secret_refresh`` s (a missing one
+        every ``secret_retry`` s): steps run every poll, and 1000 agents must not GET Secrets that often."""
+        now = asyncio.get_running_loop().time()
         values: dict[tuple[str, str], Mapping[str, str]] = {}
         for obj in objects:
             for ref in secret_refs(obj):
-                where = ref.namespace_or(self.namespace)
-                if (where, ref.name) in values:
-                    continue
-                try:
-                    secret = await self.client.get(f"/api/v1/namespaces/{where}/secrets/{ref.name}")
-                except ApiError as error:
-                    if error.status != 404:
-                        raise
-                    continue  # reported by the decision as a missing Secret
-                values[(where, ref.name)] = secret.get("data") or {}
+                key = (ref.namespace_or(self.namespace), ref.name)
+                cached = self._secret_cache.get(key)
+                if cached is None or now - cached[1] > (
+                    self.secret_refresh if cached[0] is not None else self.secret_retry
+                ):
+                    cached = (await self._fetch_secret(*key), now)
+                    self._secret_cache[key] = cached
+                if cached[0] is not None:
+                    values[key] = cached[0]
         return mapping_secret_source(values, self.namespace)
 
     async def step(self) -> None:
