@@ -270,6 +270,20 @@ def test_a_node_runs_one_endpoint_hubs_first() -> None:
     assert "also selected by DMVPNSpoke/spokes" in decision.note
 
 
+def test_an_unaccepted_object_never_displaces_a_working_one() -> None:
+    both = with_status(
+        spoke("spokes", nodeSelector={}), conditions=[accepted()], allocations={"hub-node": "10.255.0.3/24"}
+    )
+    new_hub = with_status(hub("hub-1"), conditions=[], nbma="192.0.2.1")
+    decision = decide(HUB_NODE, hubs_of(new_hub), spokes_of(both), NO_SECRETS)
+    assert isinstance(decision, Apply) and decision.target == Target("DMVPNSpoke", "spokes")
+    # the running object stays, also when its own newer generation is not accepted
+    newer = with_status(spoke("spokes", nodeSelector={}), generation=2, conditions=[accepted()], allocations={})
+    running = Target("DMVPNSpoke", "spokes")
+    held = decide(HUB_NODE, hubs_of(HUB), spokes_of(newer), NO_SECRETS, running)
+    assert isinstance(held, Hold) and held.target == running and "generation 2 not yet accepted" in held.reason
+
+
 def test_node_info_reads_a_node_object() -> None:
     info = NodeInfo.from_object(node("n1", {"a": "b"}, internal="192.0.2.5"))
     assert info.name == "n1" and info.labels["a"] == "b" and info.pod_cidrs == ("10.244.0.0/24",)

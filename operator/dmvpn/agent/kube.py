@@ -233,25 +233,34 @@ def decide(
     hubs: Mapping[str, DMVPNHub],
     spokes: Mapping[str, DMVPNSpoke],
     secrets: SecretSource,
+    running: Target | None = None,
 ) -> Decision:
-    """What this node should run now, by the contract in docs/operator.md."""
+    """What this node should run now, by the contract in docs/operator.md.
+
+    A node runs one endpoint: the object it is ``running`` while that still selects it (a newer generation
+    the operator has not accepted keeps the last applied one running), else the first accepted of the
+    selecting objects (hubs first, then by name), so an object not (yet) accepted never displaces one
+    that works.
+    """
     candidates = selecting(node, [*hubs.values(), *spokes.values()])
     if not candidates:
         return Idle(f"no DMVPNHub or DMVPNSpoke selects node {node.name}")
-    obj = candidates[0]
+    current = [o for o in candidates if target_of(o) == running]
+    usable = [o for o in candidates if acceptance_problem(o) is None]
+    obj = (current or usable or candidates)[0]
     target = target_of(obj)
     role: Literal["hub", "spoke"] = "hub" if isinstance(obj, DMVPNHub) else "spoke"
     note = ""
     if len(candidates) > 1:
-        others = ", ".join(str(target_of(o)) for o in candidates[1:])
+        others = ", ".join(str(target_of(o)) for o in candidates if o is not obj)
         note = f"node {node.name} runs one endpoint: {target} (also selected by {others}, ignored)"
     problem = acceptance_problem(obj)
     if problem is not None:
-        return Hold(target, role, problem)
+        return Hold(target, role, "; ".join(m for m in (problem, note) if m))
     try:
         config = node_config_for(obj, node, hubs, spokes.values(), secrets)
     except ConfigError as error:
-        return Hold(target, role, str(error))
+        return Hold(target, role, "; ".join(m for m in (str(error), note) if m))
     return Apply(target, config, note)
 
 
@@ -563,8 +572,8 @@ class KubeAgent:
         node = NodeInfo.from_object(raw_node)
         hubs = parse_objects(self.hubs.items.values())
         spokes = parse_objects(self.spokes.items.values())
-        secrets = await self._secrets(selecting(node, [*hubs.values(), *spokes.values()])[:1])
-        decision = decide(node, hubs, spokes, secrets)
+        secrets = await self._secrets(selecting(node, [*hubs.values(), *spokes.values()]))
+        decision = decide(node, hubs, spokes, secrets, self.running)
         if decision != self.decision:
             log.info("decision for node %s: %s", self.node, _describe(decision))
         self.decision = decision
