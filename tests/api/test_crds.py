@@ -138,9 +138,7 @@ def test_cel_rules_are_attached_where_the_models_check_the_same() -> None:
 
 def test_a_non_structural_model_is_refused() -> None:
     with pytest.raises(SchemaError, match="anyOf over 2 types"):
-        structural_schema(
-            {"type": "object", "properties": {"x": {"anyOf": [{"type": "string"}, {"type": "integer"}]}}}
-        )
+        structural_schema({"type": "object", "properties": {"x": {"anyOf": [{"type": "string"}, {"type": "integer"}]}}})
     assert structural_problems({"properties": {"a": {}}}) == ["<root>: no type", ".a: no type"]
 
 

@@ -69,11 +69,7 @@ def test_hub_and_spokes() -> None:
     assert hub.spec.summary_prefixes == [IPv4Network("10.0.0.0/8")]
     assert hub.spec.ipsec.psk is not None
     by_label, pinned, federated = objects["branches"], objects["branch-edge"], objects["branch-federated"]
-    assert (
-        isinstance(by_label, DMVPNSpoke)
-        and isinstance(pinned, DMVPNSpoke)
-        and isinstance(federated, DMVPNSpoke)
-    )
+    assert isinstance(by_label, DMVPNSpoke) and isinstance(pinned, DMVPNSpoke) and isinstance(federated, DMVPNSpoke)
     assert by_label.spec.node_selector and by_label.spec.tunnel.address is None
     assert pinned.spec.node_name and pinned.spec.tunnel.address is not None
     assert any(not ref.is_local for ref in federated.spec.hubs)

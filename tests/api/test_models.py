@@ -63,9 +63,7 @@ def test_hub_defaults(hub: dict[str, Any]) -> None:
     assert ipsec.psk.secret_ref.namespace_or("kube-dmvpn") == "kube-dmvpn"
     assert ipsec.x509 is None and (ipsec.dpd_delay, ipsec.rekey_time) == (30, 14400)
     assert spec.site_prefixes is None and spec.summary_prefixes == []
-    assert (
-        parsed.status.conditions == [] and parsed.status.nodes == {} and parsed.status.registered_spokes == 0
-    )
+    assert parsed.status.conditions == [] and parsed.status.nodes == {} and parsed.status.registered_spokes == 0
 
 
 def test_spoke_defaults(spoke: dict[str, Any]) -> None:
@@ -318,12 +316,8 @@ HUB_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("path", "value", "expected"), HUB_CASES, ids=[f"{c[0]}={c[1]!r}"[:60] for c in HUB_CASES]
-)
-def test_hub_mistakes(
-    hub: dict[str, Any], problems: Problems, path: str, value: Any, expected: str | None
-) -> None:
+@pytest.mark.parametrize(("path", "value", "expected"), HUB_CASES, ids=[f"{c[0]}={c[1]!r}"[:60] for c in HUB_CASES])
+def test_hub_mistakes(hub: dict[str, Any], problems: Problems, path: str, value: Any, expected: str | None) -> None:
     _set(hub, path, value)
     if expected is None:
         parse_object(hub)
@@ -383,12 +377,8 @@ SPOKE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("path", "value", "expected"), SPOKE_CASES, ids=[f"{c[0]}={c[1]!r}"[:60] for c in SPOKE_CASES]
-)
-def test_spoke_mistakes(
-    spoke: dict[str, Any], problems: Problems, path: str, value: Any, expected: str | None
-) -> None:
+@pytest.mark.parametrize(("path", "value", "expected"), SPOKE_CASES, ids=[f"{c[0]}={c[1]!r}"[:60] for c in SPOKE_CASES])
+def test_spoke_mistakes(spoke: dict[str, Any], problems: Problems, path: str, value: Any, expected: str | None) -> None:
     _set(spoke, path, value)
     if expected is None:
         parse_object(spoke)
@@ -397,9 +387,7 @@ def test_spoke_mistakes(
     assert any(expected in line for line in lines), lines
 
 
-def test_explicit_spoke_addresses_are_checked_against_federated_hubs(
-    spoke: dict[str, Any], problems: Problems
-) -> None:
+def test_explicit_spoke_addresses_are_checked_against_federated_hubs(spoke: dict[str, Any], problems: Problems) -> None:
     spoke["spec"] = {
         "nodeName": "edge-1",
         "tunnel": {"address": "10.255.0.11/24"},
@@ -415,10 +403,7 @@ def test_explicit_spoke_addresses_are_checked_against_federated_hubs(
         "DMVPNSpoke/branches: spec.hubs[0].tunnelAddress: "
         "10.254.0.1 is outside this spoke's tunnel subnet 10.255.0.0/24" in lines
     )
-    assert (
-        "DMVPNSpoke/branches: spec.hubs[1].tunnelAddress: 10.255.0.11 is this spoke's own tunnel.address"
-        in lines
-    )
+    assert "DMVPNSpoke/branches: spec.hubs[1].tunnelAddress: 10.255.0.11 is this spoke's own tunnel.address" in lines
     assert (
         "DMVPNSpoke/branches: spec.sitePrefixes[0]: "
         "10.255.0.128/25 overlaps the tunnel subnet 10.255.0.0/24 (tunnel.address)" in lines
@@ -428,9 +413,7 @@ def test_explicit_spoke_addresses_are_checked_against_federated_hubs(
 def test_phase_2_cannot_summarise(hub: dict[str, Any], problems: Problems) -> None:
     hub["spec"]["nhrp"] = {"phase": 2}
     hub["spec"]["summaryPrefixes"] = ["10.0.0.0/8"]
-    assert any(
-        "spec.summaryPrefixes: Phase 2 spokes need the specific routes" in line for line in problems(hub)
-    )
+    assert any("spec.summaryPrefixes: Phase 2 spokes need the specific routes" in line for line in problems(hub))
 
 
 def test_every_problem_is_listed_at_once(hub: dict[str, Any], problems: Problems) -> None:
@@ -442,8 +425,7 @@ def test_every_problem_is_listed_at_once(hub: dict[str, Any], problems: Problems
         "DMVPNHub/hub-1: spec.ipsec: "
         "mode is required but no credentials are given: set psk or x509 (or mode: disabled)",
         "DMVPNHub/hub-1: spec.nodeSelector: set either nodeName or nodeSelector, not both",
-        "DMVPNHub/hub-1: spec.sitePrefixes[0]: "
-        "10.255.0.0/16 overlaps the tunnel subnet 10.255.0.0/24 (tunnel.address)",
+        "DMVPNHub/hub-1: spec.sitePrefixes[0]: 10.255.0.0/16 overlaps the tunnel subnet 10.255.0.0/24 (tunnel.address)",
     ]
 
 
@@ -461,8 +443,7 @@ def test_field_errors_of_different_parts_are_listed_together(hub: dict[str, Any]
         ({"kind": "DMVPNHubb"}, 'kind: must be DMVPNHub or DMVPNSpoke, got "DMVPNHubb"'),
         (
             {"apiVersion": "dmvpn.io/v1"},
-            "apiVersion: version not supported by this build, which reads dmvpn.io/v1alpha1, "
-            'got "dmvpn.io/v1"',
+            'apiVersion: version not supported by this build, which reads dmvpn.io/v1alpha1, got "dmvpn.io/v1"',
         ),
         ({"apiVersion": "v1"}, 'apiVersion: must be dmvpn.io/v1alpha1, got "v1"'),
         ({"spec": "nope"}, "spec: must be a valid dictionary or instance of DMVPNHubSpec"),
@@ -470,9 +451,7 @@ def test_field_errors_of_different_parts_are_listed_together(hub: dict[str, Any]
         ({"extra": 1}, "extra: unknown field"),
     ],
 )
-def test_envelope_mistakes(
-    hub: dict[str, Any], problems: Problems, patch: dict[str, Any], expected: str
-) -> None:
+def test_envelope_mistakes(hub: dict[str, Any], problems: Problems, patch: dict[str, Any], expected: str) -> None:
     hub.update(patch)
     assert any(expected in line for line in problems(hub)), problems(hub)
 

@@ -39,18 +39,16 @@ secret_ref = st.fixed_dictionaries(
 def tunnel_interfaces(draw: st.DrawFn) -> tuple[IPv4Network, list[str]]:
     """A tunnel subnet inside 10.0.0.0/8 and a few distinct host addresses of it, as ``a.b.c.d/len``."""
     prefixlen = draw(st.integers(min_value=8, max_value=29))
-    network = IPv4Network(
-        (draw(st.integers(0, 2**24 - 1)) + int(IPv4Address("10.0.0.0")), prefixlen), strict=False
-    )
+    network = IPv4Network((draw(st.integers(0, 2**24 - 1)) + int(IPv4Address("10.0.0.0")), prefixlen), strict=False)
     hosts = draw(st.lists(st.integers(1, network.num_addresses - 2), min_size=3, max_size=3, unique=True))
     return network, [f"{network.network_address + h}/{prefixlen}" for h in hosts]
 
 
 def prefix_lists(second_octets: range) -> st.SearchStrategy[list[str]]:
     """Non-overlapping /24s of 172.16.0.0/12 (never in the 10/8 tunnel subnets)."""
-    return st.lists(
-        st.tuples(st.sampled_from(second_octets), st.integers(0, 255)), max_size=4, unique=True
-    ).map(lambda pairs: [f"172.{a}.{b}.0/24" for a, b in pairs])
+    return st.lists(st.tuples(st.sampled_from(second_octets), st.integers(0, 255)), max_size=4, unique=True).map(
+        lambda pairs: [f"172.{a}.{b}.0/24" for a, b in pairs]
+    )
 
 
 def ipsec() -> st.SearchStrategy[dict[str, Any]]:
@@ -176,18 +174,14 @@ def test_valid_objects_round_trip(document: dict[str, Any]) -> None:
 
 @FIXTURES_ARE_PURE
 @given(objects)
-def test_what_the_models_accept_the_api_server_accepts(
-    schema_errors: SchemaErrors, document: dict[str, Any]
-) -> None:
+def test_what_the_models_accept_the_api_server_accepts(schema_errors: SchemaErrors, document: dict[str, Any]) -> None:
     assert schema_errors(document) == []
     assert schema_errors(dump_object(parse_object(document), include_status=False)) == []
 
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
-    ),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
     max_leaves=8,
 )
 
@@ -205,9 +199,7 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 @FIXTURES_ARE_PURE
 @given(objects, st.data())
-def test_junk_anywhere_gives_validation_failed_and_nothing_else(
-    document: dict[str, Any], data: st.DataObject
-) -> None:
+def test_junk_anywhere_gives_validation_failed_and_nothing_else(document: dict[str, Any], data: st.DataObject) -> None:
     mutated = copy.deepcopy(document)
     path = data.draw(st.sampled_from(_paths(mutated)))
     parent = mutated
@@ -243,10 +235,7 @@ INTEGER_FIELDS = [
 
 @pytest.mark.parametrize(("section", "field", "low", "high"), INTEGER_FIELDS)
 @FIXTURES_ARE_PURE
-@given(
-    value=st.integers(min_value=-(2**40), max_value=2**40)
-    | st.sampled_from([-1, 0, 1, 2**32, 2**32 - 1, 65536])
-)
+@given(value=st.integers(min_value=-(2**40), max_value=2**40) | st.sampled_from([-1, 0, 1, 2**32, 2**32 - 1, 65536]))
 def test_models_and_crd_agree_on_integer_ranges(
     schema_errors: SchemaErrors,
     hub: dict[str, Any],
@@ -276,9 +265,7 @@ def test_models_and_crd_agree_on_integer_ranges(
 
 @FIXTURES_ARE_PURE
 @given(name=st.text(max_size=20) | st.from_regex(r"[A-Za-z0-9_.-]{1,17}", fullmatch=True))
-def test_models_and_crd_agree_on_interface_names(
-    schema_errors: SchemaErrors, hub: dict[str, Any], name: str
-) -> None:
+def test_models_and_crd_agree_on_interface_names(schema_errors: SchemaErrors, hub: dict[str, Any], name: str) -> None:
     document = copy.deepcopy(hub)
     document["spec"]["tunnel"]["interface"] = name
     try:

@@ -89,9 +89,7 @@ def test_hub_status(hub: dict[str, Any]) -> None:
         ({"message": None}, "status.conditions[0].message: must be a valid string"),
     ],
 )
-def test_condition_mistakes(
-    hub: dict[str, Any], problems: Any, condition: dict[str, Any], expected: str
-) -> None:
+def test_condition_mistakes(hub: dict[str, Any], problems: Any, condition: dict[str, Any], expected: str) -> None:
     good = {
         "type": "Ready",
         "status": "True",
@@ -119,16 +117,13 @@ def test_node_status_errors_name_the_node(spoke: dict[str, Any], problems: Any) 
     spoke["status"] = {
         "nodes": {"node.example.com": {"role": "spoke", "lastUpdate": "2024-05-01T12:00:00Z", "peers": -1}}
     }
-    assert (
-        'DMVPNSpoke/branches: status.nodes["node.example.com"].peers: must be 0..4294967295, got -1'
-        in problems(spoke)
+    assert 'DMVPNSpoke/branches: status.nodes["node.example.com"].peers: must be 0..4294967295, got -1' in problems(
+        spoke
     )
 
 
 def test_set_condition_keeps_transition_time_while_status_holds() -> None:
-    conditions = set_condition(
-        [], "Ready", "False", "NoHub", "waiting for hub-1", now=T0, observed_generation=1
-    )
+    conditions = set_condition([], "Ready", "False", "NoHub", "waiting for hub-1", now=T0, observed_generation=1)
     assert conditions == [
         Condition(
             type="Ready",
@@ -140,9 +135,7 @@ def test_set_condition_keeps_transition_time_while_status_holds() -> None:
         )
     ]
     later = T0 + timedelta(minutes=1)
-    still = set_condition(
-        conditions, "Ready", "False", "NoHub", "still waiting", now=later, observed_generation=2
-    )
+    still = set_condition(conditions, "Ready", "False", "NoHub", "still waiting", now=later, observed_generation=2)
     assert still[0].last_transition_time == T0 and still[0].message == "still waiting"
     assert still[0].observed_generation == 2
     flipped = set_condition(still, "Ready", "True", "Registered", "", now=later)

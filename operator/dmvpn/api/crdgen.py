@@ -157,9 +157,7 @@ def write_crds(directory: Path) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``dmvpn-crds``."""
-    parser = argparse.ArgumentParser(
-        prog="dmvpn-crds", description=__doc__.splitlines()[0] if __doc__ else None
-    )
+    parser = argparse.ArgumentParser(prog="dmvpn-crds", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("directory", nargs="?", default="crds", type=Path, help="output directory (crds)")
     parser.add_argument("--check", action="store_true", help="only check that the directory is up to date")
     args = parser.parse_args(argv)

@@ -94,35 +94,26 @@ def _pair_problems(spoke: DMVPNSpoke, hub: DMVPNHub) -> list[Problem]:
         problems.append(
             Problem(
                 "spec.tunnel.greKey",
-                f"{spoke.spec.tunnel.gre_key} differs from hub {name}'s "
-                f"{hub.spec.tunnel.gre_key}; GRE keys must match",
+                f"{spoke.spec.tunnel.gre_key} differs from hub {name}'s {hub.spec.tunnel.gre_key}; GRE keys must match",
             )
         )
     if spoke.spec.ipsec.mode != hub.spec.ipsec.mode:
         problems.append(
-            Problem(
-                "spec.ipsec.mode", f"{spoke.spec.ipsec.mode} differs from hub {name}'s {hub.spec.ipsec.mode}"
-            )
+            Problem("spec.ipsec.mode", f"{spoke.spec.ipsec.mode} differs from hub {name}'s {hub.spec.ipsec.mode}")
         )
     if (spoke.spec.nhrp.authentication is None) != (hub.spec.nhrp.authentication is None):
         problems.append(
-            Problem(
-                "spec.nhrp.authentication", f"must be set on both or neither of this spoke and hub {name}"
-            )
+            Problem("spec.nhrp.authentication", f"must be set on both or neither of this spoke and hub {name}")
         )
     network = tunnel_network(hub)
     address = spoke.spec.tunnel.address
     if address is not None and address.network != network:
-        problems.append(
-            Problem("spec.tunnel.address", f"{address} is not in hub {name}'s tunnel subnet {network}")
-        )
+        problems.append(Problem("spec.tunnel.address", f"{address} is not in hub {name}'s tunnel subnet {network}"))
     if address is not None and address.ip == hub_tunnel_address(hub):
         problems.append(Problem("spec.tunnel.address", f"{address.ip} is hub {name}'s own tunnel address"))
     for index, prefix in enumerate(spoke.spec.site_prefixes or []):
         if prefix.overlaps(network):
             problems.append(
-                Problem(
-                    f"spec.sitePrefixes[{index}]", f"{prefix} overlaps hub {name}'s tunnel subnet {network}"
-                )
+                Problem(f"spec.sitePrefixes[{index}]", f"{prefix} overlaps hub {name}'s tunnel subnet {network}")
             )
     return problems

@@ -92,9 +92,7 @@ def _header_problems(data: Mapping[str, Any]) -> list[Problem]:
     api_version = data.get("apiVersion")
     if api_version != API_VERSION:
         if is_dmvpn_document(data):
-            message = (
-                f"version not supported by this build, which reads {API_VERSION}, got {show(api_version)}"
-            )
+            message = f"version not supported by this build, which reads {API_VERSION}, got {show(api_version)}"
         else:
             message = f"must be {API_VERSION}, got {show(api_version)}"
         problems.append(Problem("apiVersion", message))
@@ -136,17 +134,14 @@ def load_documents(yaml_text: str, *, source: str = "", skip_foreign: bool = Tru
     objects: list[DMVPNObject] = []
     problems: list[Problem] = []
     for number, document in enumerate(documents, start=1):
-        if document is None or (
-            skip_foreign and isinstance(document, Mapping) and not is_dmvpn_document(document)
-        ):
+        if document is None or (skip_foreign and isinstance(document, Mapping) and not is_dmvpn_document(document)):
             continue
         where = f"{source + ' ' if source else ''}document {number}"
         try:
             objects.append(parse_object(document))
         except ValidationFailed as failure:
             problems += [
-                Problem(p.path, p.message, f"{where} ({p.source})" if p.source else where)
-                for p in failure.problems
+                Problem(p.path, p.message, f"{where} ({p.source})" if p.source else where) for p in failure.problems
             ]
     if problems:
         raise ValidationFailed(problems)
@@ -161,6 +156,4 @@ def dump_object(obj: DMVPNObject, *, include_status: bool = True) -> dict[str, A
 
 def dump_yaml(objects: list[DMVPNObject], *, include_status: bool = False) -> str:
     """Objects as a multi-document YAML text that :func:`load_documents` reads back."""
-    return yaml.safe_dump_all(
-        [dump_object(obj, include_status=include_status) for obj in objects], sort_keys=False
-    )
+    return yaml.safe_dump_all([dump_object(obj, include_status=include_status) for obj in objects], sort_keys=False)

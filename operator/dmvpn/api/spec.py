@@ -50,9 +50,7 @@ def cel_rules(*rules: tuple[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}
 
 
-_ENDPOINT_RULES = (
-    ("has(self.nodeName) != has(self.nodeSelector)", "set exactly one of nodeName and nodeSelector"),
-)
+_ENDPOINT_RULES = (("has(self.nodeName) != has(self.nodeSelector)", "set exactly one of nodeName and nodeSelector"),)
 
 
 class WireModel(BaseModel):
@@ -208,13 +206,9 @@ class IpsecSpec(SpecModel):
 
     mode: Literal["required", "disabled"] = "required"
     """required: GRE only inside ESP; disabled: GRE in clear (labs, or an already encrypted underlay)."""
-    ike_proposals: list[IkeProposal] = Field(
-        default=[DEFAULT_IKE_PROPOSAL], min_length=1, max_length=MAX_PROPOSALS
-    )
+    ike_proposals: list[IkeProposal] = Field(default=[DEFAULT_IKE_PROPOSAL], min_length=1, max_length=MAX_PROPOSALS)
     """IKEv2 proposals in strongSwan syntax, most preferred first ('crypto ikev2 proposal')."""
-    esp_proposals: list[EspProposal] = Field(
-        default=[DEFAULT_ESP_PROPOSAL], min_length=1, max_length=MAX_PROPOSALS
-    )
+    esp_proposals: list[EspProposal] = Field(default=[DEFAULT_ESP_PROPOSAL], min_length=1, max_length=MAX_PROPOSALS)
     """ESP proposals in strongSwan syntax, most preferred first ('crypto ipsec transform-set'); a
     key exchange in an ESP proposal enables PFS."""
     psk: PskSpec | None = None
@@ -241,9 +235,7 @@ class IpsecSpec(SpecModel):
         if self.psk is not None and self.x509 is not None:
             return [("x509", "set either psk or x509, not both")]
         if self.mode == "required" and self.psk is None and self.x509 is None:
-            return [
-                ("", "mode is required but no credentials are given: set psk or x509 (or mode: disabled)")
-            ]
+            return [("", "mode is required but no credentials are given: set psk or x509 (or mode: disabled)")]
         return []
 
 
@@ -285,9 +277,7 @@ class HubRef(SpecModel):
         if remote and self.nbma is None:
             raise SpecProblems([("nbma", "a hub outside the cluster needs both nbma and tunnelAddress")])
         if remote and self.tunnel_address is None:
-            raise SpecProblems(
-                [("tunnelAddress", "a hub outside the cluster needs both nbma and tunnelAddress")]
-            )
+            raise SpecProblems([("tunnelAddress", "a hub outside the cluster needs both nbma and tunnelAddress")])
         return self
 
     @property
@@ -306,9 +296,7 @@ def overlap_problems(field: str, prefixes: list[IPv4Network]) -> list[tuple[str,
         for earlier_index, earlier in enumerate(prefixes[:index]):
             if prefix.overlaps(earlier):
                 relation = "repeats" if prefix == earlier else "overlaps"
-                problems.append(
-                    (f"{field}[{index}]", f"{prefix} {relation} {field}[{earlier_index}] {earlier}")
-                )
+                problems.append((f"{field}[{index}]", f"{prefix} {relation} {field}[{earlier_index}] {earlier}"))
                 break
     return problems
 
@@ -454,9 +442,7 @@ class DMVPNSpokeSpec(EndpointSpec):
                     continue
                 earlier = seen.setdefault((field, value), index)
                 if earlier != index:
-                    problems.append(
-                        (f"hubs[{index}].{field}", f"duplicate of hubs[{earlier}].{field} {value}")
-                    )
+                    problems.append((f"hubs[{index}].{field}", f"duplicate of hubs[{earlier}].{field} {value}"))
             problems += self._federated_hub_problems(index, hub.tunnel_address)
         return problems
 

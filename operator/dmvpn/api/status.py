@@ -123,9 +123,7 @@ class EndpointStatus(StatusModel):
         seen: set[str] = set()
         for index, condition in enumerate(self.conditions):
             if condition.type in seen:
-                raise SpecProblems(
-                    [(f"conditions[{index}].type", f"duplicate condition type {condition.type}")]
-                )
+                raise SpecProblems([(f"conditions[{index}].type", f"duplicate condition type {condition.type}")])
             seen.add(condition.type)
         return self
 

@@ -42,9 +42,7 @@ class Checked:
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         return core_schema.no_info_after_validator_function(self.check, handler(source))
 
-    def __get_pydantic_json_schema__(
-        self, schema: CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         json_schema = handler(schema)
         json_schema.update(self.openapi)
         return json_schema
@@ -108,8 +106,7 @@ DnsSubdomain = Annotated[
         "dns_subdomain",
         _DNS_SUBDOMAIN,
         253,
-        "a Kubernetes object name: lower-case letters, digits, '-' and '.', "
-        "starting and ending with a letter or digit",
+        "a Kubernetes object name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit",
     ),
 ]
 DnsLabel = Annotated[
@@ -151,9 +148,7 @@ ConditionType = Annotated[
 Reason = Annotated[
     str,
     Strict(),
-    pattern_check(
-        "reason", r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?", 1024, "a CamelCase reason such as HubsUp"
-    ),
+    pattern_check("reason", r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?", 1024, "a CamelCase reason such as HubsUp"),
 ]
 
 _LABEL_NAME_RE = re.compile(_LABEL_NAME)
@@ -203,9 +198,7 @@ NodeSelector = Annotated[
 
 # --- IPv4 ----------------------------------------------------------------------------------------
 
-_DOTTED_QUAD = (
-    r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
-)
+_DOTTED_QUAD = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
 _PREFIX_LEN = r"(3[0-2]|[12]?[0-9])"
 _WITH_PREFIX_RE = re.compile(rf"{_DOTTED_QUAD}/{_PREFIX_LEN}")
 
