@@ -181,8 +181,12 @@ class GuestRun:
             "--reruns=1", "--reruns-delay=2",
             "-o", "console_output_style=classic", *self.nodeids,
         ]  # fmt: skip
+        # The command reaches the guest on the kernel command line (about 2 KiB at most): a long list of
+        # test ids there left the guest hung before its first line, so the ids travel in a script file.
+        script = outdir / "run.sh"
+        script.write_text(" ".join(shlex.quote(arg) for arg in argv) + "\n")
         spec = GuestSpec(
-            command=" ".join(shlex.quote(arg) for arg in argv),
+            command=f"bash {shlex.quote(str(script))}",
             rwdirs=(outdir,),
             cwd=rootdir,
             timeout_s=float(self.config.getoption("--guest-timeout")),
