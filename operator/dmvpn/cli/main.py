@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -68,6 +70,24 @@ def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _view(socket_path: Path, command: str, as_json: bool) -> Any:
+    """The agent's answer to ``command``, or None once it was printed as JSON."""
+    data = _fetch(socket_path, command)
+    if as_json:
+        _print_json(data)
+        return None
+    return data
+
+
 def _duration(seconds: Any) -> str:
     if not isinstance(seconds, int):
         return "-"
@@ -79,111 +99,77 @@ def _duration(seconds: Any) -> str:
 @show_app.command("dmvpn")
 def show_dmvpn(socket_path: SocketOption = DEFAULT_SOCKET, as_json: JsonOption = False) -> None:
     """Peers: NHSes, registered spokes and shortcuts (IOS: show dmvpn)."""
-    data = _fetch(socket_path, "show dmvpn")
-    if as_json:
-        _print_json(data)
+    data = _view(socket_path, "show dmvpn", as_json)
+    if data is None:
         return
     title = (
         f"Interface {data['interface']}, {data['role']} {data.get('node', '')}, "
         f"NBMA {data.get('nbma', '-')}, tunnel {data.get('tunnel', '-')}, phase {data.get('phase', '-')}"
     )
-    table = Table(title=title)
-    for column in ("Peer NBMA", "Peer tunnel", "Kind", "State", "IPsec", "Up", "Expires"):
-        table.add_column(column)
-    for peer in data["peers"]:
-        table.add_row(
-            _cell(peer.get("nbma")),
-            _cell(peer.get("tunnel")),
-            _cell(peer.get("kind")),
-            _cell(peer.get("state")),
-            _cell(peer.get("ipsec")),
-            _duration(peer.get("uptime")),
-            _duration(peer.get("expiresIn")),
-        )
-    Console().print(table)
+    columns = ("Peer NBMA", "Peer tunnel", "Kind", "State", "IPsec", "Up", "Expires")
+    rows = (
+        [*(_cell(peer.get(key)) for key in ("nbma", "tunnel", "kind", "state", "ipsec")),
+         _duration(peer.get("uptime")), _duration(peer.get("expiresIn"))]
+        for peer in data["peers"]
+    )  # fmt: skip
+    Console().print(_table(title, columns, rows))
 
 
 @show_app.command("nhrp")
 def show_nhrp(socket_path: SocketOption = DEFAULT_SOCKET, as_json: JsonOption = False) -> None:
     """The NHRP cache (IOS: show ip nhrp)."""
-    data = _fetch(socket_path, "show nhrp")
-    if as_json:
-        _print_json(data)
+    data = _view(socket_path, "show nhrp", as_json)
+    if data is None:
         return
-    table = Table(title="NHRP cache")
-    for column in ("Protocol", "NBMA", "Type", "Expires in"):
-        table.add_column(column)
-    for row in data:
-        table.add_row(
-            _cell(row.get("protocol")), _cell(row.get("nbma")), _cell(row.get("type")), _duration(row.get("expiresIn"))
-        )
-    Console().print(table)
+    rows = (
+        [*(_cell(row.get(key)) for key in ("protocol", "nbma", "type")), _duration(row.get("expiresIn"))]
+        for row in data
+    )
+    Console().print(_table("NHRP cache", ("Protocol", "NBMA", "Type", "Expires in"), rows))
 
 
 @show_app.command("ipsec")
 def show_ipsec(socket_path: SocketOption = DEFAULT_SOCKET, as_json: JsonOption = False) -> None:
     """IPsec SAs per peer with counters (IOS: show crypto ipsec sa)."""
-    data = _fetch(socket_path, "show ipsec")
-    if as_json:
-        _print_json(data)
+    data = _view(socket_path, "show ipsec", as_json)
+    if data is None:
         return
-    table = Table(title="IPsec SAs")
-    for column in ("Peer", "State", "Children", "Bytes in", "Bytes out", "Packets in", "Packets out", "Up"):
-        table.add_column(column)
-    for sa in data:
-        children = ", ".join(f"{c.get('name')}:{c.get('state')}" for c in sa.get("children", []))
-        table.add_row(
-            _cell(sa.get("peer")),
-            _cell(sa.get("state")),
-            children or "-",
-            _cell(sa.get("bytesIn")),
-            _cell(sa.get("bytesOut")),
-            _cell(sa.get("packetsIn")),
-            _cell(sa.get("packetsOut")),
-            _duration(sa.get("established")),
-        )
-    Console().print(table)
+    columns = ("Peer", "State", "Children", "Bytes in", "Bytes out", "Packets in", "Packets out", "Up")
+    Console().print(_table("IPsec SAs", columns, (_sa_row(sa) for sa in data)))
+
+
+def _sa_row(sa: dict[str, Any]) -> list[str]:
+    children = ", ".join(f"{c.get('name')}:{c.get('state')}" for c in sa.get("children", []))
+    counters = (_cell(sa.get(key)) for key in ("bytesIn", "bytesOut", "packetsIn", "packetsOut"))
+    return [_cell(sa.get("peer")), _cell(sa.get("state")), children or "-", *counters, _duration(sa.get("established"))]
 
 
 @show_app.command("counters")
 def show_counters(socket_path: SocketOption = DEFAULT_SOCKET, as_json: JsonOption = False) -> None:
     """NHRP packets in/out per type and drops per reason."""
-    data = _fetch(socket_path, "show counters")
-    if as_json:
-        _print_json(data)
+    data = _view(socket_path, "show counters", as_json)
+    if data is None:
         return
-    packets = Table(title="NHRP packets")
-    for column in ("Type", "In", "Out"):
-        packets.add_column(column)
-    kinds = sorted(set(data.get("packets_in", {})) | set(data.get("packets_out", {})))
-    for kind in kinds:
-        packets.add_row(kind, str(data["packets_in"].get(kind, 0)), str(data["packets_out"].get(kind, 0)))
-    drops = Table(title="Drops")
-    drops.add_column("Reason")
-    drops.add_column("Packets")
-    for reason, count in sorted(data.get("drops", {}).items()):
-        drops.add_row(reason, str(count))
+    packets_in, packets_out = data.get("packets_in", {}), data.get("packets_out", {})
+    kinds = sorted(set(packets_in) | set(packets_out))
+    rows = ([kind, str(packets_in.get(kind, 0)), str(packets_out.get(kind, 0))] for kind in kinds)
     console = Console()
-    console.print(packets)
-    console.print(drops)
-    agent = data.get("agent")
-    if agent:
-        table = Table(title="Agent")
-        table.add_column("Counter")
-        table.add_column("Value")
-        for name, value in sorted(agent.items()):
-            table.add_row(name, str(value))
-        console.print(table)
+    console.print(_table("NHRP packets", ("Type", "In", "Out"), rows))
+    console.print(_table("Drops", ("Reason", "Packets"), _pairs(data.get("drops", {}))))
+    if data.get("agent"):
+        console.print(_table("Agent", ("Counter", "Value"), _pairs(data["agent"])))
+
+
+def _pairs(mapping: dict[str, Any]) -> list[list[str]]:
+    return [[name, str(value)] for name, value in sorted(mapping.items())]
 
 
 @show_app.command("events")
 def show_events(socket_path: SocketOption = DEFAULT_SOCKET, as_json: JsonOption = False) -> None:
     """Recent agent events (registrations, indications, resolutions, SAs, routes)."""
-    data = _fetch(socket_path, "show events")
-    if as_json:
-        _print_json(data)
+    data = _view(socket_path, "show events", as_json)
+    if data is None:
         return
-    import datetime
 
     for event in data:
         stamp = datetime.datetime.fromtimestamp(event["time"]).strftime("%H:%M:%S.%f")[:-3]
