@@ -43,6 +43,12 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=200, help="pods to add and delete (default 200)")
     parser.add_argument("--cni-version", default="1.0.0", help="cniVersion of both configs (default 1.0.0)")
     parser.add_argument("--python", default="/usr/bin/python3", help="the node's python3 (default /usr/bin/python3)")
+    parser.add_argument(
+        "--baseline-cni",
+        default=None,
+        help="another cni/ directory (e.g. from `git archive`) timed in the same run as 'dmvpn-base', to see "
+        "what a change gained",
+    )
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not 1 <= args.pods <= 1000:
@@ -67,6 +73,8 @@ def run_outer(args: argparse.Namespace) -> int:
             made.append(name)
         command = [sys.executable, __file__, "--inner", "--pods", str(args.pods)]
         command += ["--cni-version", args.cni_version, "--python", args.python]
+        if args.baseline_cni:
+            command += ["--baseline-cni", str(Path(args.baseline_cni).resolve())]
         env = {**os.environ, "DMVPN_BENCH_TAG": tag, "DMVPN_BENCH_WORKDIR": str(workdir)}
         done = subprocess.run(["ip", "netns", "exec", node, *command], env=env, check=False)
         return done.returncode
@@ -100,7 +108,7 @@ def run_inner(args: argparse.Namespace) -> int:
         "isGateway": True,
         "ipMasq": False,
         "mtu": 1362,
-        "hairpinMode": False,
+        "hairpinMode": True,  # dmvpn's default, passed on to bridge
         "ipam": {
             "type": "host-local",
             "ranges": [[{"subnet": "10.244.251.0/24"}]],
@@ -116,6 +124,12 @@ def run_inner(args: argparse.Namespace) -> int:
         "bridge": (str(REFERENCE_PLUGINS / "bridge"), bridge_conf),
         "py-floor": (write_python_floor(workdir, args.python), floor_conf),
     }
+    if args.baseline_cni:
+        base_conf = {**ours_conf, "name": "dmvpnbase", "bridge": "dmvpnbase-br0", "dataDir": str(workdir / "base")}
+        base_state = workdir / "base-node-state.json"
+        base_state.write_text(json.dumps({**state, "podCIDRs": ["10.244.253.0/24"]}))
+        base_conf["nodeStateFile"] = str(base_state)
+        plugins["dmvpn-base"] = (install_plugin(workdir, args.python, Path(args.baseline_cni), "base-bin"), base_conf)
     samples: dict[str, dict[str, list[Sample]]] = {name: {"ADD": [], "DEL": []} for name in plugins}
     deadline = time.monotonic() + DEADLINE_SECONDS
     for index in range(args.pods + WARMUP_PODS):
@@ -137,11 +151,11 @@ def run_inner(args: argparse.Namespace) -> int:
     return 0
 
 
-def install_plugin(workdir: Path, python: str) -> str:
+def install_plugin(workdir: Path, python: str, plugin_dir: Path = PLUGIN_DIR, bin_name: str = "bin") -> str:
     """Install launcher + package into a bin dir as the chart does, the launcher pointed at ``python``."""
-    bin_dir = workdir / "bin"
-    shutil.copytree(PLUGIN_DIR / "dmvpn_cni", bin_dir / "dmvpn_cni", ignore=shutil.ignore_patterns("__pycache__"))
-    source = (PLUGIN_DIR / "dmvpn").read_text().splitlines(keepends=True)
+    bin_dir = workdir / bin_name
+    shutil.copytree(plugin_dir / "dmvpn_cni", bin_dir / "dmvpn_cni", ignore=shutil.ignore_patterns("__pycache__"))
+    source = (plugin_dir / "dmvpn").read_text().splitlines(keepends=True)
     launcher = bin_dir / "dmvpn"
     launcher.write_text(f"#!{python} -IS\n" + "".join(source[1:]))
     launcher.chmod(0o755)
@@ -193,12 +207,12 @@ def report(samples: dict[str, dict[str, list[Sample]]]) -> None:
     cpu = {name: [a.cpu + d.cpu for a, d in zip(by["ADD"], by["DEL"], strict=True)] for name, by in samples.items()}
     totals = {name: [a + d for a, d in zip(by["ADD"], by["DEL"], strict=True)] for name, by in wall.items()}
     print(f"pods measured: {len(totals['dmvpn'])} (after {WARMUP_PODS} warm-up pods), load {os.getloadavg()[0]:.1f}")
-    print(f"{'':20}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}{'min ms':>9}")
+    print(f"{'':24}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}{'min ms':>9}")
     for name, by_command in wall.items():
         rows = (("ADD", by_command["ADD"]), ("DEL", by_command["DEL"]), ("ADD+DEL", totals[name]))
         for label, values in (*rows, ("ADD+DEL cpu", cpu[name])):
             print(
-                f"{name + ' ' + label:20}{percentile(values, 0.5) * 1000:9.1f}"
+                f"{name + ' ' + label:24}{percentile(values, 0.5) * 1000:9.1f}"
                 f"{percentile(values, 0.95) * 1000:9.1f}{statistics.fmean(values) * 1000:9.1f}"
                 f"{min(values) * 1000:9.1f}"
             )
@@ -213,6 +227,10 @@ def report(samples: dict[str, dict[str, list[Sample]]]) -> None:
     print(f"  for scale: bare python3 start + bridge (py-floor)/bridge: p50 {floor:.2f}x, min {floor_min:.2f}x")
     own = (percentile(cpu["dmvpn"], 0.5) - percentile(cpu["py-floor"], 0.5)) * 1000 / 2
     print(f"  dmvpn's own CPU beyond interpreter start, per call (p50): {own:.1f} ms")
+    if "dmvpn-base" in totals:
+        base = percentile(totals["dmvpn-base"], 0.5) / percentile(totals["bridge"], 0.5)
+        base_cpu = percentile(cpu["dmvpn-base"], 0.5) / percentile(cpu["bridge"], 0.5)
+        print(f"  baseline plugin (dmvpn-base)/bridge: p50 {base:.2f}x, cpu p50 {base_cpu:.2f}x")
 
 
 if __name__ == "__main__":

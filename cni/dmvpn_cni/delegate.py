@@ -13,7 +13,7 @@ from dmvpn_cni.protocol import INTERNAL_ERROR, INVALID_ENVIRONMENT, CNIError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any
 
     JSONObject = dict[str, Any]
@@ -57,11 +57,19 @@ class Attachment:
 
 
 def invoke(
-    plugin: str, command: str, conf: JSONObject, attachment: Attachment, search_path: list[str]
+    plugin: str,
+    command: str,
+    conf: JSONObject,
+    attachment: Attachment,
+    search_path: list[str],
+    while_running: Callable[[], None] | None = None,
 ) -> object | None:
-    """Run ``plugin`` for ``command``; return its parsed stdout, or raise its error as a CNIError."""
+    """Run ``plugin`` for ``command``; return its parsed stdout, or raise its error as a CNIError.
+
+    ``while_running`` is called once the delegate has its config, before we wait for its answer:
+    work that overlaps the delegate's instead of adding to the pod's start time."""
     env = _delegate_environment(fastos.environ_bytes(), command, attachment, search_path)
-    stdout, status = _spawn(plugin, jsonio.dumps(conf).encode(), env)
+    stdout, status = _spawn(plugin, jsonio.dumps(conf).encode(), env, while_running)
     name = fastos.basename(plugin)
     if status == 0:
         text = stdout.decode("utf-8", "replace").strip()
@@ -106,7 +114,9 @@ def _delegate_error(name: str, command: str, stdout: bytes, status: int) -> CNIE
     return CNIError(INTERNAL_ERROR, f"{name} {command} failed with {how}", text[:2000])
 
 
-def _spawn(path: str, stdin_data: bytes, env: dict[bytes, bytes]) -> tuple[bytes, int]:
+def _spawn(
+    path: str, stdin_data: bytes, env: dict[bytes, bytes], while_running: Callable[[], None] | None = None
+) -> tuple[bytes, int]:
     """Start ``path`` with a pipe on stdin and stdout (stderr is shared: it is for logs)."""
     in_read, in_write = fastos.pipe()
     out_read, out_write = fastos.pipe()
@@ -130,6 +140,8 @@ def _spawn(path: str, stdin_data: bytes, env: dict[bytes, bytes]) -> tuple[bytes
         fastos.close(in_write)
     chunks = []
     try:
+        if while_running is not None:
+            while_running()
         while True:
             chunk = fastos.read(out_read, 65536)
             if not chunk:

@@ -14,6 +14,7 @@ import sys
 from posix import (
     O_CLOEXEC,
     O_CREAT,
+    O_RDONLY,
     O_TRUNC,
     O_WRONLY,
     POSIX_SPAWN_DUP2,
@@ -45,6 +46,7 @@ _DIRECTORY = 0o040000
 __all__ = [
     "O_CLOEXEC",
     "O_CREAT",
+    "O_RDONLY",
     "O_TRUNC",
     "O_WRONLY",
     "PATHSEP",

@@ -114,23 +114,45 @@ def cmd_add(call: Invocation) -> JSONObject:
         delegate=delegate,
     )
     # Recorded before the delegate runs: if we are killed half-way, DEL still knows what to undo.
+    # The disk flush (fsync) overlaps the delegate's run and completes before we answer.
     try:
-        store.save(record)
+        store.save(record, durable=False)
     except OSError as err:
-        raise CNIError(
-            IO_FAILURE,
-            f"cannot record the attachment under {store.directory}: {err.strerror}",
-            "dmvpn keeps each pod's delegate config there so that DEL works without the agent; "
-            "check the dataDir setting and that the directory is writable",
-        ) from None
+        raise record_failure(store, err) from None
+    flush_failures: list[OSError] = []
+
+    def flush_record() -> None:
+        try:
+            store.make_durable(record.container_id, record.ifname)
+        except OSError as err:
+            flush_failures.append(err)
+
     try:
-        result = invoke(bridge, "ADD", conf.with_request_fields(delegate, version), call.attachment(), call.env.path)
+        result = invoke(
+            bridge,
+            "ADD",
+            conf.with_request_fields(delegate, version),
+            call.attachment(),
+            call.env.path,
+            while_running=flush_record,
+        )
+        if flush_failures:
+            raise record_failure(store, flush_failures[0])
         if not isinstance(result, dict):
             raise CNIError(INTERNAL_ERROR, "bridge ADD printed no result object")
         return add_result(result, conf.cni_version, call.env.ifname, state.mtu)
     except BaseException:
         undo_add(call, conf, store, bridge=bridge, delegate=conf.with_request_fields(delegate, version))
         raise
+
+
+def record_failure(store: AttachmentStore, err: OSError) -> CNIError:
+    return CNIError(
+        IO_FAILURE,
+        f"cannot record the attachment under {store.directory}: {err.strerror}",
+        "dmvpn keeps each pod's delegate config there so that DEL works without the agent; "
+        "check the dataDir setting and that the directory is writable",
+    )
 
 
 def add_result(result: JSONObject, cni_version: str, ifname: str, mtu: int) -> JSONObject:

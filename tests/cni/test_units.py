@@ -157,3 +157,80 @@ def test_jsonio_without_the_c_accelerator_falls_back_to_the_json_module(value: A
             jsonio.loads('{"a": NaN}')
     finally:
         jsonio._scan, jsonio._escape = saved
+
+
+def _add_invocation(tmp_path: Path) -> Any:
+    from dmvpn_cni.plugin import Invocation
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("bridge", "host-local"):  # found on CNI_PATH; never run (invoke is replaced below)
+        (bin_dir / name).write_text("#!/bin/sh\nexit 1\n")
+        (bin_dir / name).chmod(0o755)
+    state = tmp_path / "node-state.json"
+    state.write_text(json.dumps({"version": 1, "podCIDRs": ["10.244.9.0/24"], "mtu": 1400}))
+    conf = {"cniVersion": "1.0.0", "name": "unit", "type": "dmvpn", "nodeStateFile": str(state),
+            "dataDir": str(tmp_path / "data")}  # fmt: skip
+    environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/none", "CNI_IFNAME": "eth0",
+               "CNI_PATH": str(bin_dir)}  # fmt: skip
+    return Invocation(environ, json.dumps(conf).encode())
+
+
+def test_add_flushes_the_record_while_the_delegate_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dmvpn_cni import plugin
+    from dmvpn_cni.store import AttachmentStore
+
+    events: list[str] = []
+    monkeypatch.setattr(plugin, "delegate_version", lambda conf, bridge: "1.0.0")
+    monkeypatch.setattr(AttachmentStore, "make_durable", lambda self, cid, ifname: events.append(f"fsync {cid}"))
+
+    def fake_invoke(path: str, command: str, conf: Any, attachment: Any, search: Any, while_running: Any = None) -> Any:
+        events.append(command)
+        assert (tmp_path / "data" / "unit" / "c1@eth0.json").exists(), "recorded before the delegate runs"
+        if while_running is not None:
+            while_running()
+        return {"cniVersion": "1.0.0", "interfaces": [], "ips": []}
+
+    monkeypatch.setattr(plugin, "invoke", fake_invoke)
+    result = plugin.cmd_add(_add_invocation(tmp_path))
+    assert result["cniVersion"] == "1.0.0"
+    assert events == ["ADD", "fsync c1"]
+
+
+def test_add_whose_record_cannot_be_flushed_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dmvpn_cni import plugin
+    from dmvpn_cni.protocol import IO_FAILURE
+    from dmvpn_cni.store import AttachmentStore
+
+    commands: list[str] = []
+    monkeypatch.setattr(plugin, "delegate_version", lambda conf, bridge: "1.0.0")
+
+    def failing_flush(self: AttachmentStore, cid: str, ifname: str) -> None:
+        raise OSError(5, "Input/output error")
+
+    def fake_invoke(path: str, command: str, conf: Any, attachment: Any, search: Any, while_running: Any = None) -> Any:
+        commands.append(command)
+        if while_running is not None:
+            while_running()
+        return {"cniVersion": "1.0.0", "interfaces": [], "ips": []} if command == "ADD" else None
+
+    monkeypatch.setattr(AttachmentStore, "make_durable", failing_flush)
+    monkeypatch.setattr(plugin, "invoke", fake_invoke)
+    with pytest.raises(CNIError) as raised:
+        plugin.cmd_add(_add_invocation(tmp_path))
+    assert raised.value.code == IO_FAILURE and "Input/output error" in raised.value.msg
+    assert commands == ["ADD", "DEL"], "the delegate's work is undone"
+    assert list((tmp_path / "data" / "unit").iterdir()) == [], "and the record removed"
+
+
+def test_a_record_saved_without_fsync_is_made_durable_later(tmp_path: Path) -> None:
+    from dmvpn_cni.store import AttachmentRecord, AttachmentStore
+
+    store = AttachmentStore(str(tmp_path), "net")
+    record = AttachmentRecord("c1", "eth0", netns="/run/netns/x", cni_version="1.1.0", delegate={"type": "bridge"})
+    store.save(record, durable=False)
+    store.make_durable("c1", "eth0")
+    loaded = store.load("c1", "eth0")
+    assert loaded is not None and loaded.delegate == {"type": "bridge"}
+    with pytest.raises(FileNotFoundError):
+        store.make_durable("c2", "eth0")
