@@ -7,9 +7,10 @@
    how many header unpacks one full decode+encode costs - it is not a comparison with FRR.
 2. Hub registration handling (needs the kernel lab; boots a virtme-ng guest unless already in one):
    a sender namespace sends Registration Requests for N simulated spokes (distinct tunnel addresses,
-   several refresh rounds) over mGRE, keeping a bounded window outstanding, to our hub (``Engine`` +
-   ``NHRPTransport`` + kernel neighbours through pyroute2, the interop lab node) and to an FRR nhrpd
-   8.4 hub (which installs kernel neighbours through netlink too), one after the other in the same run.
+   several refresh rounds) over mGRE, keeping a bounded window outstanding, to our hub (the real
+   ``dmvpn-agent --standalone`` as a DMVPNHub, plain GRE: engine, transport, kernel neighbours and routes
+   reconciled through pyroute2) and to an FRR nhrpd 8.4 hub (which installs kernel neighbours through
+   netlink too), one after the other in the same run.
    Replies per second and the ratio ours/FRR are printed. Goal: >= 1.0.
 
     .venv/bin/python bench/nhrp_bench.py [--codec-seconds 2] [--spokes 200] [--rounds 3]
@@ -30,10 +31,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "interop"))  # the lab NHRP node used for our hub
-
-from dmvpn.nhrp.codec import (  # noqa: E402
+from dmvpn.nhrp.codec import (
     CIE,
     Authentication,
     ForwardTransitNHS,
@@ -201,8 +199,7 @@ def run_sender(
 
 
 def hub_bench(spokes: int, rounds: int, window: int) -> None:
-    from interop_harness import start_our_node
-
+    from dmvpn.lab.agents import AgentLab
     from dmvpn.lab.frr import FrrNhrp, nhrp_cache, start_frr_nhrpd
     from dmvpn.lab.topology import Lab, add_static_mgre
 
@@ -211,22 +208,22 @@ def hub_bench(spokes: int, rounds: int, window: int) -> None:
         ours = lab.add_site("ourhub", "192.0.2.1", "10.255.0.254", "10.1.0.0/24", with_pod=False)
         frr = lab.add_site("frrhub", "192.0.2.2", "10.255.0.254", "10.1.0.0/24", with_pod=False)
         sender = lab.add_site("sender", "192.0.2.11", "10.255.0.253", "10.1.1.0/24", with_pod=False)
-        for site in (ours, frr, sender):
+        for site in (frr, sender):  # our hub's agent builds its own mGRE device
             add_static_mgre(site)
         frr.ns.run("ip", "route", "add", str(IPv4Network("10.255.0.0/24")), "dev", "gre1")
-        node = start_our_node(lab, ours, timeout_s=400.0, server=True, dump_interval=5.0)
+        agents = AgentLab(lab, [ours], ipsec=False)
+        agents.start_all()
         frr_vty = start_frr_nhrpd(lab, frr, FrrNhrp(role="hub"))
         results = {}
         for name, hub in (("ours", ours), ("frr", frr)):
             results[name] = run_sender(sender.ns, hub.nbma, sender.nbma, spokes, rounds, window)
-        node.stop()
-        registered_ours = sum(1 for e in node.state().get("cache", []) if e["type"] == "dynamic")
+        registered_ours = sum(1 for e in agents.agents["ourhub"].request("show nhrp") if e["type"] == "dynamic")
         registered_frr = sum(1 for kind, _ in nhrp_cache(frr, frr_vty).values() if kind == "dynamic")
     rates = {}
     for name, registered in (("ours", registered_ours), ("frr", registered_frr)):
         r = results[name]
         rates[name] = r["replies"] / r["seconds"] if r["seconds"] > 0 else 0.0
-        label = "our hub (Engine+NHRPTransport+pyroute2)" if name == "ours" else "FRR nhrpd 8.4 hub"
+        label = "our hub (dmvpn-agent, plain GRE)" if name == "ours" else "FRR nhrpd 8.4 hub"
         print(f"{label:42s}: {r['replies']:5.0f}/{r['sent']:5.0f} replies in {r['seconds']:6.2f} s = "
               f"{rates[name]:8,.0f} registrations/s; {registered} spokes in its cache")  # fmt: skip
     ratio = rates["ours"] / rates["frr"] if rates["frr"] else float("inf")
