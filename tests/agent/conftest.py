@@ -99,6 +99,11 @@ class FakeDataplane:
     async def ensure_tunnel(self) -> TunnelReport:
         return TunnelReport(TunnelAction.CREATED, ifindex=7)
 
+    async def remove_tunnel(self) -> bool:
+        removed = bool(self.neighbours or self.routes)
+        self.neighbours, self.routes = set(), set()
+        return removed
+
     async def reconcile_neighbours(self, desired: Iterable[Neighbour]) -> ReconcileReport[Neighbour]:
         from dmvpn.dataplane import DataplaneError
 

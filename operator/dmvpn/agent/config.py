@@ -212,7 +212,9 @@ def _auth(obj: DMVPNObject, secrets: SecretSource) -> bytes | None:
         raise ConfigError(f"{where}: spec.nhrp.authentication: {error}") from None
 
 
-def _hub_peers(spoke: DMVPNSpoke, hubs: Mapping[str, DMVPNHub]) -> tuple[HubPeer, ...]:
+def hub_peers_of(spoke: DMVPNSpoke, hubs: Mapping[str, DMVPNHub]) -> tuple[HubPeer, ...]:
+    """The spoke's NHSes in ``spec.hubs`` order: named hubs from ``hubs`` (with an explicit NBMA address),
+    federated ones from their ``nbma`` and ``tunnelAddress``."""
     peers: list[HubPeer] = []
     for index, ref in enumerate(spoke.spec.hubs):
         if ref.name is not None:
@@ -236,7 +238,8 @@ def _hub_peers(spoke: DMVPNSpoke, hubs: Mapping[str, DMVPNHub]) -> tuple[HubPeer
     return tuple(peers)
 
 
-def _peer_spokes(me: DMVPNSpoke, spokes: Iterable[DMVPNSpoke]) -> tuple[PeerSpoke, ...]:
+def peer_spokes_of(me: DMVPNSpoke, spokes: Iterable[DMVPNSpoke]) -> tuple[PeerSpoke, ...]:
+    """Other spokes with an explicit tunnel address that share a hub with ``me`` (Phase 1/2 routes)."""
     mine = {ref.name or str(ref.nbma) for ref in me.spec.hubs}
     peers: list[PeerSpoke] = []
     for other in spokes:
@@ -248,8 +251,8 @@ def _peer_spokes(me: DMVPNSpoke, spokes: Iterable[DMVPNSpoke]) -> tuple[PeerSpok
     return tuple(peers)
 
 
-def _endpoint(obj: DMVPNObject, node: str, tunnel_address: IPv4Interface, secrets: SecretSource) -> NodeConfig:
-    """What hubs and spokes share, resolved."""
+def endpoint_config(obj: DMVPNObject, node: str, tunnel_address: IPv4Interface, secrets: SecretSource) -> NodeConfig:
+    """What hubs and spokes share, resolved (``nbma.address`` and ``sitePrefixes`` must be filled in)."""
     tunnel = obj.spec.tunnel
     nhrp = obj.spec.nhrp
     return NodeConfig(
@@ -276,7 +279,7 @@ def node_config(objects: Sequence[DMVPNObject], node: str, secrets: SecretSource
     """Resolve the object for ``node`` (standalone rules: addresses and prefixes must be explicit)."""
     obj = find_object(objects, node)
     if isinstance(obj, DMVPNHub):
-        hub = _endpoint(obj, node, obj.spec.tunnel.address, secrets)
+        hub = endpoint_config(obj, node, obj.spec.tunnel.address, secrets)
         return replace(hub, summary_prefixes=tuple(obj.spec.summary_prefixes))
     if obj.spec.tunnel.address is None:
         raise ConfigError(
@@ -285,8 +288,8 @@ def node_config(objects: Sequence[DMVPNObject], node: str, secrets: SecretSource
         )
     hubs = {o.name: o for o in objects if isinstance(o, DMVPNHub)}
     spokes = [o for o in objects if isinstance(o, DMVPNSpoke)]
-    spoke = _endpoint(obj, node, obj.spec.tunnel.address, secrets)
-    return replace(spoke, hubs=_hub_peers(obj, hubs), peer_spokes=_peer_spokes(obj, spokes))
+    spoke = endpoint_config(obj, node, obj.spec.tunnel.address, secrets)
+    return replace(spoke, hubs=hub_peers_of(obj, hubs), peer_spokes=peer_spokes_of(obj, spokes))
 
 
 def load_standalone(path: Path, node: str, secrets_dir: Path) -> NodeConfig:

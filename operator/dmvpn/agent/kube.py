@@ -32,7 +32,14 @@ from typing import Any, Literal, Protocol
 import aiohttp
 
 from dmvpn.agent.agent import Agent
-from dmvpn.agent.config import ConfigError, NodeConfig, SecretSource, _endpoint, _hub_peers, _peer_spokes
+from dmvpn.agent.config import (
+    ConfigError,
+    NodeConfig,
+    SecretSource,
+    endpoint_config,
+    hub_peers_of,
+    peer_spokes_of,
+)
 from dmvpn.agent.control import ControlServer
 from dmvpn.agent.metrics import Metrics, MetricsObserver
 from dmvpn.agent.nodestate import node_state, write_node_state
@@ -215,7 +222,7 @@ def node_config_for(
         )
     filled = _with_cluster_values(obj, nbma, site_prefixes_for_node(obj.spec, node.pod_cidrs))
     if isinstance(filled, DMVPNHub):
-        config = _endpoint(filled, node.name, filled.spec.tunnel.address, secrets)
+        config = endpoint_config(filled, node.name, filled.spec.tunnel.address, secrets)
         return replace(config, summary_prefixes=tuple(filled.spec.summary_prefixes))
     address = spoke_tunnel_address(filled, node.name)
     if address is None:
@@ -223,9 +230,9 @@ def node_config_for(
             f"DMVPNSpoke/{obj.name}: no tunnel address for node {node.name} yet "
             "(waiting for the operator's status.allocations)"
         )
-    config = _endpoint(filled, node.name, address, secrets)
-    peers = _hub_peers(filled, _in_cluster_hubs(filled, hubs))
-    return replace(config, hubs=peers, peer_spokes=_peer_spokes(filled, spokes))
+    config = endpoint_config(filled, node.name, address, secrets)
+    peers = hub_peers_of(filled, _in_cluster_hubs(filled, hubs))
+    return replace(config, hubs=peers, peer_spokes=peer_spokes_of(filled, spokes))
 
 
 def decide(
@@ -716,10 +723,15 @@ class AgentReconciler:
         self.agent = None
         if agent.ipsec is not None:
             for peer in sorted(agent.sa_up_peers):
-                with contextlib.suppress(Exception):
+                try:
                     await agent.ipsec.remove_peer(peer)
-        with contextlib.suppress(Exception):
-            await agent.dataplane.remove_tunnel()  # type: ignore[attr-defined]
+                except Exception as error:  # teardown goes on: the tunnel must go whatever charon says
+                    log.warning("teardown: removing the SA to %s failed: %s", peer, error)
+        try:
+            removed = await agent.dataplane.remove_tunnel()
+            log.info("teardown: tunnel %s", "removed" if removed else "was already gone")
+        except Exception as error:
+            log.warning("teardown: removing the tunnel failed: %s", error)
         await agent.close()
 
     def status(self) -> dict[str, Any] | None:
