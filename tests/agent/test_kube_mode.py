@@ -51,8 +51,10 @@ from dmvpn.agent.kube import (
     mapping_secret_source,
     parse_objects,
 )
+from dmvpn.agent.plan import spoke_desired
 from dmvpn.api import DMVPNHub, DMVPNSpoke, SecretKeyRef
 from dmvpn.controller.access import AGENT_ACCESS, triples
+from dmvpn.dataplane import Route
 
 NOW = "2026-01-01T00:00:00Z"
 
@@ -183,10 +185,19 @@ def test_federated_hub_by_nbma_and_tunnel_address() -> None:
         spoke("edge", hubs=(), nodeName="spoke-a", tunnel={"greKey": 42, "address": "10.255.0.20/24"}),
         conditions=[accepted()],
     )
-    federated["spec"]["hubs"] = [{"nbma": "203.0.113.1", "tunnelAddress": "10.255.0.1"}]
+    federated["spec"]["hubs"] = [
+        {"nbma": "203.0.113.1", "tunnelAddress": "10.255.0.1", "summaryPrefixes": ["10.244.0.0/16"]}
+    ]
     decision = decide_for(SPOKE_NODE, federated)
     assert isinstance(decision, Apply)
-    assert decision.config.hubs == (HubPeer(nbma=IPv4Address("203.0.113.1"), tunnel_ip=IPv4Address("10.255.0.1")),)
+    hub_peer = HubPeer(
+        nbma=IPv4Address("203.0.113.1"),
+        tunnel_ip=IPv4Address("10.255.0.1"),
+        summary_prefixes=(IPv4Network("10.244.0.0/16"),),  # what the spoke routes via the remote hub
+    )
+    assert decision.config.hubs == (hub_peer,)
+    routes = spoke_desired(decision.config, [], {hub_peer.nbma}, set(), 0.0).routes
+    assert Route(IPv4Network("10.244.0.0/16"), via=IPv4Address("10.255.0.1")) in routes
 
 
 @pytest.mark.parametrize(

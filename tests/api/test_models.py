@@ -104,12 +104,16 @@ def test_federated_spoke(spoke: dict[str, Any]) -> None:
         "tunnel": {"address": "10.255.0.12/24", "greKey": 0},
         "ipsec": {"mode": "disabled"},
         "sitePrefixes": ["10.20.0.0/24", "10.21.0.0/24"],
-        "hubs": [{"name": "hub-1"}, {"nbma": "203.0.113.10", "tunnelAddress": "10.255.0.2"}],
+        "hubs": [
+            {"name": "hub-1"},
+            {"nbma": "203.0.113.10", "tunnelAddress": "10.255.0.2", "summaryPrefixes": ["10.0.0.0/8"]},
+        ],
     }
     parsed = parse_object(spoke)
     assert isinstance(parsed, DMVPNSpoke)
     remote = parsed.spec.hubs[1]
     assert not remote.is_local
+    assert remote.summary_prefixes == [IPv4Network("10.0.0.0/8")] and parsed.spec.hubs[0].summary_prefixes == []
     assert (remote.nbma, remote.tunnel_address) == (IPv4Address("203.0.113.10"), IPv4Address("10.255.0.2"))
     assert parsed.spec.site_prefixes == [IPv4Network("10.20.0.0/24"), IPv4Network("10.21.0.0/24")]
     assert parsed.spec.tunnel.gre_key == 0
@@ -357,6 +361,16 @@ SPOKE_CASES = [
         "spec.hubs",
         [{"tunnelAddress": "10.255.0.1"}],
         "spec.hubs[0].nbma: a hub outside the cluster needs both",
+    ),
+    (
+        "spec.hubs",
+        [{"name": "hub-1", "summaryPrefixes": ["10.0.0.0/8"]}],
+        "spec.hubs[0].summaryPrefixes: only for a hub outside the cluster",
+    ),
+    (
+        "spec.hubs",
+        [{"nbma": "192.0.2.1", "tunnelAddress": "10.255.0.1", "summaryPrefixes": ["10.0.0.0/8", "10.1.0.0/16"]}],
+        "spec.hubs[0].summaryPrefixes[1]: 10.1.0.0/16 overlaps summaryPrefixes[0] 10.0.0.0/8",
     ),
     ("spec.hubs", [{}], "spec.hubs[0]: set name (a DMVPNHub here) or nbma + tunnelAddress"),
     ("spec.hubs", [{"name": "hub-1", "nmae": "x"}], "spec.hubs[0].nmae: unknown field; did you mean 'name'?"),

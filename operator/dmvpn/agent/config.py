@@ -234,7 +234,9 @@ def hub_peers_of(spoke: DMVPNSpoke, hubs: Mapping[str, DMVPNHub]) -> tuple[HubPe
             )
         else:
             assert ref.nbma is not None and ref.tunnel_address is not None  # the model guarantees both
-            peers.append(HubPeer(nbma=ref.nbma, tunnel_ip=ref.tunnel_address))
+            peers.append(
+                HubPeer(nbma=ref.nbma, tunnel_ip=ref.tunnel_address, summary_prefixes=tuple(ref.summary_prefixes))
+            )
     return tuple(peers)
 
 

@@ -250,6 +250,7 @@ class HubRef(SpecModel):
         json_schema_extra=cel_rules(
             ("has(self.nbma) == has(self.tunnelAddress)", "nbma and tunnelAddress go together"),
             ("has(self.name) != has(self.nbma)", "set name, or nbma and tunnelAddress, not both"),
+            ("!has(self.summaryPrefixes) || has(self.nbma)", "summaryPrefixes is for a hub outside the cluster"),
         )
     )
 
@@ -259,6 +260,9 @@ class HubRef(SpecModel):
     """NBMA address of a hub outside this cluster (with tunnelAddress)."""
     tunnel_address: UnicastIPv4 | None = None
     """Tunnel address of a hub outside this cluster (with nbma)."""
+    summary_prefixes: list[IPv4Prefix] = Field(default_factory=list, max_length=MAX_PREFIXES)
+    """Prefixes routed to a hub outside this cluster, 'ip route <prefix> <tunnelAddress>' (e.g. 10.0.0.0/8;
+    Phase 3: the hub redirects, shortcuts follow). An in-cluster hub's come from its DMVPNHub."""
 
     @model_validator(mode="after")
     def _one_form(self) -> Self:
@@ -278,6 +282,13 @@ class HubRef(SpecModel):
             raise SpecProblems([("nbma", "a hub outside the cluster needs both nbma and tunnelAddress")])
         if remote and self.tunnel_address is None:
             raise SpecProblems([("tunnelAddress", "a hub outside the cluster needs both nbma and tunnelAddress")])
+        if self.name is not None and self.summary_prefixes:
+            raise SpecProblems(
+                [("summaryPrefixes", f"only for a hub outside the cluster: DMVPNHub {self.name}'s own apply")]
+            )
+        problems = overlap_problems("summaryPrefixes", self.summary_prefixes)
+        if problems:
+            raise SpecProblems(problems)
         return self
 
     @property
