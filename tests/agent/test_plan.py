@@ -79,6 +79,29 @@ def test_dual_hub_prefers_first_up_hub() -> None:
     assert {Neighbour(HUB_TUNNEL, HUB_NBMA), Neighbour(second.tunnel_ip, second.nbma)} <= failover.neighbours
 
 
+def test_dual_hub_routes_each_hubs_own_lan_via_that_hub() -> None:
+    """Hub B's LAN is only behind hub B: routing it via the active hub A (which has no route to it) made
+    it unreachable from spokes while A was up (seen in the dual-hub kernel lab)."""
+    lan_b = IPv4Network("10.1.200.0/24")
+    second = HubPeer(
+        nbma=IPv4Address("192.0.2.2"),
+        tunnel_ip=IPv4Address("10.255.0.253"),
+        name="hub-b",
+        summary_prefixes=(IPv4Network("10.1.0.0/16"),),
+        site_prefixes=(lan_b,),
+    )
+    config = spoke_config(1)
+    config = replace(config, hubs=(*config.hubs, second))
+    both = plan.desired(config, [], {HUB_NBMA, second.nbma}, set(), 0)
+    assert Route(lan_b, via=second.tunnel_ip) in both.routes
+    assert Route(IPv4Network("10.1.0.0/24"), via=HUB_TUNNEL) in both.routes
+    assert Route(IPv4Network("10.1.0.0/16"), via=HUB_TUNNEL) in both.routes
+    assert len({route.prefix for route in both.routes}) == len(both.routes), "one route per prefix"
+    failover = plan.desired(config, [], {second.nbma}, set(), 0)
+    assert Route(IPv4Network("10.1.0.0/16"), via=second.tunnel_ip) in failover.routes
+    assert Route(lan_b, via=second.tunnel_ip) in failover.routes
+
+
 def test_hub_installs_registrations() -> None:
     entries = [
         CacheEntry(prefix=IPv4Network(S2_TUNNEL), type=EntryType.DYNAMIC, nbma=S2_NBMA, next_hop=S2_TUNNEL, expires=9),

@@ -67,8 +67,7 @@ def spoke_desired(
         routes.add(
             Route(config.tunnel_network) if config.phase == 2 else Route(config.tunnel_network, via=hub.tunnel_ip)
         )
-        for prefix in _hub_prefixes(config):
-            routes.add(Route(prefix, via=hub.tunnel_ip))
+        routes |= _hub_routes(config, hub)
         for peer in config.peer_spokes:
             for prefix in peer.site_prefixes:
                 if config.phase == 1:
@@ -92,13 +91,22 @@ def spoke_desired(
     return Desired(frozenset(neighbours), frozenset(routes))
 
 
-def _hub_prefixes(config: NodeConfig) -> list[IPv4Network]:
-    prefixes: list[IPv4Network] = []
+def _hub_routes(config: NodeConfig, active: HubPeer) -> set[Route]:
+    """Each hub's own site prefixes via that hub (its LAN is behind it, whichever hub is active: the
+    other hub has no route to it), then every hub's summary prefixes via the active hub."""
+    routes: set[Route] = set()
+    routed: set[IPv4Network] = {config.tunnel_network}
     for hub in config.hubs:
-        for prefix in (*hub.summary_prefixes, *hub.site_prefixes):
-            if prefix not in prefixes and prefix != config.tunnel_network:
-                prefixes.append(prefix)
-    return prefixes
+        for prefix in hub.site_prefixes:
+            if prefix not in routed:
+                routed.add(prefix)
+                routes.add(Route(prefix, via=hub.tunnel_ip))
+    for hub in config.hubs:
+        for prefix in hub.summary_prefixes:
+            if prefix not in routed:
+                routed.add(prefix)
+                routes.add(Route(prefix, via=active.tunnel_ip))
+    return routes
 
 
 def hub_desired(config: NodeConfig, entries: Iterable[CacheEntry], now: float) -> Desired:
