@@ -99,6 +99,35 @@ async def test_busy_shortcut_stays(cloud: Cloud) -> None:
         await asyncio.sleep(0.4)
 
 
+async def test_busy_shortcut_stays_when_sa_samples_are_slower_than_the_timeout(cloud: Cloud) -> None:
+    """Idle time counts between SA samples: a late sample (charon slow on a loaded node) is no idleness.
+    Before, a shortcut was removed whenever the last byte change was seen more than the timeout ago."""
+    await registered_cloud(cloud)
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    spoke1 = cloud.dataplanes["spoke-1"]
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in spoke1.routes)
+    agent, ipsec = cloud.agents["spoke-1"], cloud.ipsecs["spoke-1"]
+    sample = ipsec.list_sas
+
+    async def charon_too_slow() -> list[object]:
+        raise TimeoutError("vici: no answer")
+
+    ipsec.list_sas = charon_too_slow  # type: ignore[method-assign,assignment]  # the agent's own polls get nothing
+    now = [agent.clock()]
+    agent.clock = lambda: now[0]
+    ipsec.bytes[S2_NBMA] = 1000
+    agent.sas = await sample()
+    now[0] += 1.5  # longer than shortcutIdleTimeout (1 s), without a fresh sample
+    await asyncio.sleep(0.6)  # the agent's idle loop (every 0.25 s) runs meanwhile
+    assert Route(S2_LAN, via=S2_TUNNEL) in spoke1.routes and agent.stats.shortcuts_expired == 0
+    ipsec.bytes[S2_NBMA] = 2000
+    agent.sas = await sample()
+    now[0] += 1.1
+    agent.sas = await sample()  # unchanged one timeout after the last change: idle
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) not in spoke1.routes)
+    assert agent.stats.shortcuts_expired == 1
+
+
 async def test_restarted_spoke_adopts_kernel_state_without_removing_anything(cloud: Cloud) -> None:
     await registered_cloud(cloud)
     hairpin(cloud, "10.1.1.10", "10.1.2.10")

@@ -136,7 +136,8 @@ class Agent:
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self.started_wall = wallclock()
         self.installed = plan.Desired()
-        self.sas: list[IkeSaInfo] = []
+        self._sas: list[IkeSaInfo] = []
+        self.sas_at: float | None = None  # when the SA list (and its byte counters) was sampled
         self.peer_since: dict[IPv4Address, float] = {}  # wall time a peer binding appeared
         self._dirty = asyncio.Event()
         self._timer_wakeup = asyncio.Event()
@@ -145,6 +146,22 @@ class Agent:
         self._usage: dict[IPv4Address, PeerUsage] = {}
         self._sa_up: set[IPv4Address] = set()
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def sas(self) -> list[IkeSaInfo]:
+        """The last SA list from charon (``show ipsec``, idle detection)."""
+        return self._sas
+
+    @sas.setter
+    def sas(self, sas: list[IkeSaInfo]) -> None:
+        """A new sample: a shortcut peer whose byte counters moved was active at this sample's time."""
+        self._sas = sas
+        self.sas_at = now = self.clock()
+        for nbma, seen in _bytes_by_peer(sas).items():
+            usage = self._usage.get(nbma)
+            if usage is not None and seen != usage.last_bytes:
+                usage.last_bytes = seen
+                usage.last_active = max(usage.last_active, now)
 
     # --- life cycle --------------------------------------------------------------------------------
 
@@ -436,8 +453,10 @@ class Agent:
 
     async def _sa_poll_loop(self) -> None:
         """SA list for ``show ipsec``, idle detection, and a safety net for missed events."""
+        # Sampled at least twice per idle timeout, so a short timeout still sees traffic in time.
+        period = min(2.0, max(0.5, self.config.shortcut_idle_timeout / 2))
         while True:
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(period)
             if self.ipsec is None:
                 continue
             try:
@@ -518,7 +537,11 @@ class Agent:
 
     def expire_idle_shortcuts(self) -> list[IPv4Address]:
         """Drop shortcuts to peers whose SA carried nothing for ``shortcutIdleTimeout`` (without IPsec:
-        since the shortcut was made), and their SAs."""
+        since the shortcut was made), and their SAs.
+
+        Idle time is measured between SA samples (bytes changed in one sample, unchanged in a sample taken
+        ``timeout`` later), never against the wall clock alone: when charon answers more slowly than the
+        timeout (a loaded node), a busy shortcut must not be removed for lack of a fresh sample."""
         now = self.clock()
         timeout = float(self.config.shortcut_idle_timeout)
         traffic = _bytes_by_peer(self.sas)
@@ -530,11 +553,11 @@ class Agent:
             if self.config.hub_by_nbma(nbma) is not None:
                 continue
             usage = self._usage.setdefault(nbma, PeerUsage(last_active=now))
-            seen = traffic.get(nbma)
-            if seen is not None and seen != usage.last_bytes:
-                usage.last_bytes = seen
-                usage.last_active = now
-            if now - usage.last_active >= timeout:
+            if nbma in traffic and self.sas_at is not None:
+                idle_for = self.sas_at - usage.last_active
+            else:
+                idle_for = now - usage.last_active
+            if idle_for >= timeout:
                 expired.append(nbma)
         for nbma in expired:
             self._expire_peer(nbma)
