@@ -13,6 +13,7 @@ from dplab import DEV, KEY, BackgroundPing, hub_desired, kernel_view, site_confi
 from dmvpn.dataplane import (
     RTPROT_DMVPN,
     Dataplane,
+    DataplaneError,
     DeviceConflict,
     Neighbour,
     Route,
@@ -124,6 +125,11 @@ async def test_create_adopt_reconcile_idempotent_and_changed_params(lab: Lab) ->
         assert not [c for c in adopted.changes if c.split()[0] in {"local", "link", "ikey", "okey", "ttl", "mtu"}]
         assert "noarp off" in adopted.changes
         assert (await hand.ensure_tunnel()).action is TunnelAction.ADOPTED
+    # A second device with the same local address and key cannot exist: a clear error, nothing left behind.
+    async with Dataplane(site_config(spoke1, name="dmvpn9"), netns=spoke1.ns.name) as twin:
+        with pytest.raises(DataplaneError, match=r"already uses local address 192\.0\.2\.11 and key 42"):
+            await twin.ensure_tunnel()
+    assert "dmvpn9" not in spoke1.ns.run("ip", "-o", "link", "show")
 
     # A non-GRE device with our name is not ours: refuse, never delete.
     ns.run("ip", "link", "add", "dmx", "type", "dummy")

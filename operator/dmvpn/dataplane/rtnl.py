@@ -252,11 +252,19 @@ class Rtnl:
         return parse_link(msgs[0]) if msgs else None
 
     async def create_gre(self, name: str, gre: GreParams, mtu: int) -> None:
-        await self._write(
+        created = await self._write(
             f"create GRE device {name}",
             lambda: self.ipr.link("add", ifname=name, kind="gre", mtu=mtu, **gre_kwargs(gre)),
-            frozenset(),
+            frozenset({EEXIST}),
         )
+        if not created:
+            # The name is free (the caller looked it up), so the kernel refused a second multipoint GRE device
+            # with the same local address and key: it could not tell their packets apart.
+            raise DataplaneError(
+                f"create GRE device {name}: another GRE device in this namespace already uses local address "
+                f"{gre.local or 'any'} and key {gre.ikey if gre.ikey is not None else 'none'} with no remote; "
+                "remove it or give this tunnel another greKey"
+            )
 
     async def change_gre(self, index: int, gre: GreParams, mtu: int) -> None:
         # The kernel rebuilds all GRE parameters from one changelink (absent ones become 0) and
