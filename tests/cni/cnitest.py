@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ REFERENCE_PLUGINS = Path("/usr/lib/cni")
 # What kubelet/containerd hand to plugins on a node: system directories only (no venv, no shims).
 NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TIMEOUT = 60
+# How long the kernel may take to destroy a deleted netns's devices (normally well under a second).
+VETH_SETTLE_TIMEOUT = 5.0
 # Run the whole suite on another interpreter: DMVPN_TEST_PYTHON=/path/to/python3.9 pytest tests/cni
 TEST_PYTHON = os.environ.get("DMVPN_TEST_PYTHON", "")
 _subnets = itertools.count(1)
@@ -220,6 +223,21 @@ class Node:
 
     def host_veths(self) -> list[str]:
         return [link["ifname"] for link in ip_json(self.netns, "link", "show", "type", "veth")]
+
+    def host_veths_once_settled(self, timeout: float = VETH_SETTLE_TIMEOUT) -> list[str]:
+        """The host veths left after a pod netns was deleted, polling until none is left or ``timeout``.
+
+        ``ip netns del`` only drops the last reference: the kernel tears the namespace down later
+        (cleanup_net runs from a workqueue), and the host end of each veth goes with it, so right
+        after the deletion it may still be listed. The caller still asserts the list is empty: a veth
+        that outlives the timeout is a failure, not a delay.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self.host_veths()
+            if not left or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.05)
 
 
 def address_of(result: dict[str, Any]) -> str:
