@@ -24,6 +24,14 @@ if ((${#missing[@]})); then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+# kubectl (tests/controller/test_kubectl.py drives the API emulator with it): Debian's package only when
+# none is on PATH, so a kubectl installed another way is kept.
+if ! command -v kubectl >/dev/null; then
+  echo "bootstrap: apt-get install kubernetes-client (no kubectl on PATH)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends kubernetes-client
+fi
 # frr and strongswan start services on install; the lab runs its own instances per namespace.
 for svc in frr strongswan-starter; do
   command -v systemctl >/dev/null && systemctl disable --now "$svc" >/dev/null 2>&1 || true
