@@ -278,6 +278,42 @@ def test_unique_address_registered_from_another_nbma_is_refused_with_code_14(net
     assert hub.counters.events["registration_unique_conflict"] == 1
 
 
+def test_a_spoke_that_moved_to_a_new_nbma_is_rebound_and_purged_from_those_who_resolved_it(net: SimNet) -> None:
+    """Non-unique registrations ('ip nhrp registration no-unique'): spoke B comes back at a new NBMA
+    address (its agent restarted with the new address); the hub rebinds B's tunnel address and site
+    prefix at once and purges A's shortcut to the old address; A's next resolution finds the new one."""
+    hub = net.add(hub_config())
+    a = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, site_prefixes=(SITE_A,), unique=False))
+    net.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, site_prefixes=(SITE_B,), unique=False))
+    net.start()
+    net.call(a, a.resolve, A("10.20.0.5"))
+    assert a.cache.get(SITE_B).nbma == SPOKE_B_NBMA  # type: ignore[union-attr]
+
+    del net.nodes[SPOKE_B_NBMA]  # the old address is gone
+    moved = net.add(spoke_config(SPOKE_B, SPOKE_C_NBMA, site_prefixes=(SITE_B,), unique=False))
+    net.take(moved, moved.start(net.now))
+    net.run()
+    assert moved.nhs[0].up, "the re-registration from the new address is accepted"
+    for prefix in (ip_network(SPOKE_B), SITE_B):
+        assert hub.cache.get(prefix).nbma == SPOKE_C_NBMA  # type: ignore[union-attr]
+    assert hub.counters.events["registration_moved"] == 2
+    assert net.sent(PacketType.PURGE_REQUEST, src=HUB_NBMA, dst=SPOKE_A_NBMA), "A is told the old binding is gone"
+    assert a.cache.get(SITE_B) is None and a.cache.get(ip_network(SPOKE_B)) is None
+
+    net.call(a, a.resolve, A("10.20.0.5"))
+    rebuilt = a.cache.get(SITE_B)
+    assert rebuilt is not None and rebuilt.type == EntryType.SHORTCUT and rebuilt.nbma == SPOKE_C_NBMA
+
+
+def test_a_refresh_from_the_same_nbma_purges_nobody(net: SimNet) -> None:
+    _, a, _ = hub_and_two_spokes(net, unique=False, holding_time=600)
+    net.call(a, a.resolve, A("10.20.0.5"))
+    net.advance(201)  # both spokes refresh their registrations
+    assert len(net.sent(PacketType.REGISTRATION_REQUEST, src=SPOKE_B_NBMA)) == 2
+    assert not net.sent(PacketType.PURGE_REQUEST)
+    assert a.cache.get(SITE_B) is not None
+
+
 def test_prefix_registrations_broader_than_the_minimum_are_refused(net: SimNet) -> None:
     hub = net.add(hub_config())
     net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, site_prefixes=(ip_network("10.0.0.0/7"),)))

@@ -113,6 +113,11 @@ class Server:
             code = CIECode.INSUFFICIENT_RESOURCES if full else CIECode.ADMINISTRATIVELY_PROHIBITED
             return replace(cie, code=code)
         self.ctx.counters.events["registration_accepted"] += 1
+        if existing is not None and existing.type == EntryType.DYNAMIC and existing.nbma != nbma:
+            # The registrant moved (a new NBMA address, non-unique registration): whoever resolved the
+            # old binding holds a shortcut to an address that is gone; purge it so they resolve again.
+            self.ctx.counters.events["registration_moved"] += 1
+            self.binding_gone(existing, now)
         return replace(cie, code=CIECode.SUCCESS)
 
     def _registration_reply_extensions(self, request: Message, nbma: Address) -> tuple[Extension, ...]:
