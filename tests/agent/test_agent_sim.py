@@ -206,3 +206,55 @@ async def test_dual_hub_failover_keeps_shortcuts(cloud: Cloud) -> None:
     agent._timer_wakeup.set()
     await wait_for(lambda: Route(IPv4Network("10.1.0.0/16"), via=hub_b.tunnel_ip) in spoke1.routes, limit=30)
     assert Route(S2_LAN, via=S2_TUNNEL) in spoke1.routes, "existing shortcuts keep forwarding"
+
+
+async def test_spoke_whose_nbma_changes_re_registers_and_peers_rebuild_their_shortcut(cloud: Cloud) -> None:
+    """spoke-2 comes back at a new NBMA address (a new Node address, a DHCP lease): with non-unique
+    registrations the hub rebinds it at once and purges spoke-1's shortcut to the old address, whose SA
+    spoke-1 removes; the next hairpin builds the shortcut to the new address."""
+    from dataclasses import replace
+
+    await cloud.add(hub_config())
+    await cloud.add(spoke_config(1, unique_registration=False, shortcut_idle_timeout=300))
+    await cloud.add(spoke_config(2, unique_registration=False, shortcut_idle_timeout=300))
+    hub, spoke1 = cloud.dataplanes["hub"], cloud.dataplanes["spoke-1"]
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in hub.routes)
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    await wait_for(lambda: Neighbour(S2_TUNNEL, S2_NBMA) in spoke1.neighbours)
+
+    moved_nbma = IPv4Address("192.0.2.52")
+    old = cloud.agents.pop("spoke-2")
+    await old.close()
+    cloud.net.ipsecs.pop(S2_NBMA)
+    await cloud.add(replace(spoke_config(2, unique_registration=False, shortcut_idle_timeout=300), nbma=moved_nbma))
+    await wait_for(lambda: Neighbour(S2_TUNNEL, moved_nbma) in hub.neighbours)
+    assert Neighbour(S2_TUNNEL, S2_NBMA) not in hub.neighbours
+    await wait_for(lambda: Neighbour(S2_TUNNEL, S2_NBMA) not in spoke1.neighbours)
+    assert Route(S2_LAN, via=S2_TUNNEL) not in spoke1.routes, "back via the hub until resolved again"
+    await wait_for(lambda: S2_NBMA in cloud.ipsecs["spoke-1"].removed)
+    assert cloud.ipsecs["spoke-1"].removed.count(S2_NBMA) == 1, "one removal, however many bindings went"
+
+    # Traffic keeps hairpinning at the hub, which indicates again once its per-pair limit allows (2 per 5 s).
+    for _ in range(16):
+        hairpin(cloud, "10.1.1.10", "10.1.2.10")
+        await asyncio.sleep(0.5)
+        if Neighbour(S2_TUNNEL, moved_nbma) in spoke1.neighbours:
+            break
+    await wait_for(lambda: Neighbour(S2_TUNNEL, moved_nbma) in spoke1.neighbours)
+    assert Route(S2_LAN, via=S2_TUNNEL) in spoke1.routes
+
+
+async def test_unique_registration_from_a_moved_spoke_is_refused_and_reported(cloud: Cloud) -> None:
+    """The default (unique bit set, as IOS): the hub keeps the old binding and the moved spoke's NHS stays
+    down, visibly, until the old binding expires or the spoke is set to non-unique."""
+    from dataclasses import replace
+
+    await registered_cloud(cloud, ipsec=False)
+    old = cloud.agents.pop("spoke-2")
+    await old.close()
+    moved = await cloud.add(replace(spoke_config(2, ipsec=False), nbma=IPv4Address("192.0.2.52")))
+    await wait_for(lambda: cloud.agents["hub"].engine.counters.events["registration_unique_conflict"] >= 1)
+    assert not moved.engine.nhs[0].up
+    assert Neighbour(S2_TUNNEL, S2_NBMA) in cloud.dataplanes["hub"].neighbours
+    nhs_row = views.show_dmvpn(moved)["peers"][0]
+    assert nhs_row["kind"] == "nhs" and nhs_row["state"] != "up"

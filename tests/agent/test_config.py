@@ -91,6 +91,15 @@ def test_federated_hub_and_disabled_ipsec() -> None:
     config = node_config(load_documents(_spoke("  sitePrefixes: [10.1.1.0/24]\n")), "n1", lambda ref: b"")
     assert not config.ipsec.required
     assert config.hubs[0].name is None and config.hubs[0].tunnel_ip == IPv4Address("10.255.0.254")
+    assert config.unique_registration, "registrations are unique unless the spec says otherwise (as IOS)"
+
+
+def test_non_unique_registration_reaches_the_engine() -> None:
+    from dmvpn.agent.agent import engine_config
+
+    text = _spoke("  sitePrefixes: [10.1.1.0/24]\n  nhrp: {uniqueRegistration: false}\n")
+    config = node_config(load_documents(text), "n1", lambda ref: b"")
+    assert not config.unique_registration and not engine_config(config).unique
 
 
 def test_node_state_file_matches_cni_schema(secrets: Path, tmp_path: Path) -> None:

@@ -363,6 +363,7 @@ class Agent:
                 self.event("binding-removed", f"{entry.prefix} ({entry.type.value}) at {nbma}")
             if not any(e.nbma == nbma for e in self.engine.cache):
                 self.peer_since.pop(nbma, None)
+                self._forget_spoke_peer(nbma)
             return
         self.peer_since.setdefault(nbma, self.wallclock())
         if entry.type == EntryType.DYNAMIC and change.kind == ChangeKind.ADDED:
@@ -370,6 +371,17 @@ class Agent:
         elif entry.type == EntryType.CACHED and self.ipsec is not None and not self.config.is_hub:
             # A Resolution Request told us who wants a shortcut to us: start IKE now, in parallel.
             self._spawn(self._ensure_peer(nbma, InitiatePolicy.ALWAYS, "resolution request"))
+
+    def _forget_spoke_peer(self, nbma: IPv4Address) -> None:
+        """The last binding to another spoke went (purged, expired): its SA has nothing left to carry.
+        A purge after the peer moved to a new NBMA address must not leave an SA to the old one behind."""
+        if self.config.is_hub or self.config.hub_by_nbma(nbma) is not None:
+            return
+        self._usage.pop(nbma, None)
+        if self.ipsec is not None and nbma in self._sa_up:
+            self.event("ike", f"removing the SA to {nbma}: no binding uses it")
+            self._sa_changed(nbma, False, "no binding uses it")  # once, however many bindings went together
+            self._spawn(self._remove_sa(nbma))
 
     def _resolved(self, done: ResolutionDone) -> None:
         entry = done.entry
@@ -639,6 +651,7 @@ def engine_config(config: NodeConfig) -> EngineConfig:
         site_prefixes=config.site_prefixes,
         server=config.is_hub,
         holding_time=config.hold_time,
+        unique=config.unique_registration,
         mtu=0,
         auth_secret=config.auth_secret,
         shortcuts=config.phase != 1,

@@ -105,6 +105,7 @@ class NodeConfig:
     phase: int = 3
     hold_time: int = 7200
     shortcut_idle_timeout: int = 300
+    unique_registration: bool = True
     auth_secret: bytes | None = None
     ipsec: IpsecSettings = field(default_factory=IpsecSettings)
     site_prefixes: tuple[IPv4Network, ...] = ()
@@ -271,6 +272,7 @@ def endpoint_config(obj: DMVPNObject, node: str, tunnel_address: IPv4Interface, 
         phase=nhrp.phase,
         hold_time=nhrp.hold_time,
         shortcut_idle_timeout=nhrp.shortcut_idle_timeout,
+        unique_registration=nhrp.unique_registration,
         auth_secret=_auth(obj, secrets),
         ipsec=_ipsec(obj, secrets),
         site_prefixes=_required_prefixes(obj),

@@ -181,6 +181,11 @@ class NhrpSpec(SpecModel):
     holding time)."""
     authentication: NhrpAuthentication | None = None
     """NHRP authentication string. Default: none."""
+    unique_registration: bool = True
+    """Set the unique bit in registrations: a hub then refuses the same tunnel address from another NBMA
+    address (code 14) until the old binding expires. false: 'ip nhrp registration no-unique', for spokes
+    whose NBMA address may change (DHCP, a new Node address): the hub rebinds at once and purges the old
+    binding from every peer that resolved it, so their shortcuts are rebuilt to the new address."""
 
 
 class PskSpec(SpecModel):
