@@ -371,6 +371,23 @@ def test_cached_result_is_returned_without_asking(net: SimNet) -> None:
     assert len(net.of(SPOKE_A_NBMA, ResolutionDone)) == 2
 
 
+def test_renew_asks_again_and_refreshes_the_shortcut_in_place(net: SimNet) -> None:
+    _, a, _ = hub_and_two_spokes(net, holding_time=600)
+    net.call(a, a.resolve, A("10.20.0.5"))
+    first = a.cache.get(SITE_B)
+    assert first is not None and first.expires == 600
+    net.advance(500)
+    events_before = len(net.events)
+    net.call(a, a.renew, A("10.20.0.5"))
+    assert len(net.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)) == 2, "a cached answer does not stop it"
+    renewed = a.cache.get(SITE_B)
+    assert renewed is not None and renewed.expires == 1100 and renewed.nbma == SPOKE_B_NBMA
+    removed = [e for _, e in net.events[events_before:] if isinstance(e, CacheChanged) and e.kind == ChangeKind.REMOVED]
+    assert removed == [], "refreshed in place: the routes never go"
+    net.advance(200)  # past the first expiry
+    assert a.cache.get(SITE_B) is not None
+
+
 def test_unknown_destination_gets_a_nak_and_a_negative_entry(net: SimNet) -> None:
     _, a, _ = hub_and_two_spokes(net)
     net.call(a, a.resolve, A("10.99.0.1"))

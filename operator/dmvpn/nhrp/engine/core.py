@@ -147,6 +147,12 @@ class Engine:
         self._resolver.resolve(destination, now)
         return self._collect()
 
+    def renew(self, destination: Address, now: float) -> list[Action]:
+        """Ask again for a binding we already hold (a shortcut about to expire while it carries traffic):
+        the reply refreshes the entry in place, so its routes never go (ResolutionDone follows)."""
+        self._resolver.resolve(destination, now, renew=True)
+        return self._collect()
+
     def hairpin(self, packet: bytes, now: float) -> list[Action]:
         """(NHS) ``packet`` (its IP header at least) went out the tunnel it came in by: send a
         rate-limited Traffic Indication to its source so that it resolves a shortcut."""

@@ -55,19 +55,16 @@ class Resolver:
 
     # --- asking -------------------------------------------------------------------------------
 
-    def resolve(self, destination: Address, now: float) -> None:
+    def resolve(self, destination: Address, now: float, *, renew: bool = False) -> None:
+        """Resolve ``destination``; with ``renew``, ask again even though the cache holds an answer (the
+        reply then refreshes that binding in place, before it expires under traffic)."""
         ctx = self.ctx
         if destination.version != ctx.config.protocol_address.version:
             ctx.out.append(ResolutionFailed(destination, "wrong-family"))
             return
         if ctx.owned_prefix(destination) is not None or destination in self._by_destination:
             return
-        entry = ctx.cache.lookup(destination, now, types=POSITIVE | {EntryType.NEGATIVE})
-        if entry is not None and entry.type == EntryType.NEGATIVE:
-            ctx.out.append(ResolutionFailed(destination, "negative-cache"))
-            return
-        if entry is not None and (entry.type != EntryType.NHS or destination == entry.next_hop):
-            ctx.out.append(ResolutionDone(destination, entry))
+        if not renew and self._answered_from_cache(destination, now):
             return
         nhs = self.registrar.first_up()
         if nhs is None:
@@ -88,6 +85,17 @@ class Resolver:
         self.pending[pending.request_id] = pending
         self._by_destination[destination] = pending.request_id
         ctx.send(nhs.nbma, self._request(pending))
+
+    def _answered_from_cache(self, destination: Address, now: float) -> bool:
+        ctx = self.ctx
+        entry = ctx.cache.lookup(destination, now, types=POSITIVE | {EntryType.NEGATIVE})
+        if entry is not None and entry.type == EntryType.NEGATIVE:
+            ctx.out.append(ResolutionFailed(destination, "negative-cache"))
+            return True
+        if entry is not None and (entry.type != EntryType.NHS or destination == entry.next_hop):
+            ctx.out.append(ResolutionDone(destination, entry))
+            return True
+        return False
 
     def _request(self, pending: PendingResolution) -> Message:
         config = self.ctx.config
