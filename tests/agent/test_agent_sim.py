@@ -23,6 +23,8 @@ async def registered_cloud(cloud: Cloud, ipsec: bool = True) -> None:
     await cloud.add(spoke_config(2, ipsec=ipsec))
     hub = cloud.dataplanes["hub"]
     await wait_for(lambda: {Route(S1_LAN, via=S1_TUNNEL), Route(S2_LAN, via=S2_TUNNEL)} <= hub.routes)
+    # The hub installs routes on the request; the spokes learn of it from the reply, a moment later.
+    await wait_for(lambda: all(cloud.agents[s].engine.nhs[0].up for s in ("spoke-1", "spoke-2")))
 
 
 def hairpin(cloud: Cloud, src: str, dst: str) -> None:
@@ -258,3 +260,32 @@ async def test_unique_registration_from_a_moved_spoke_is_refused_and_reported(cl
     assert Neighbour(S2_TUNNEL, S2_NBMA) in cloud.dataplanes["hub"].neighbours
     nhs_row = views.show_dmvpn(moved)["peers"][0]
     assert nhs_row["kind"] == "nhs" and nhs_row["state"] != "up"
+
+
+async def test_busy_shortcut_is_renewed_before_it_expires_and_never_leaves_the_kernel(cloud: Cloud) -> None:
+    """Holding time 6 s: a shortcut still in use is resolved again ~3 s before it would expire; its routes
+    stay put across several holding times (before, they went at expiry and traffic fell back to the hub)."""
+    await cloud.add(hub_config(ipsec=False, hold_time=6))
+    for index in (1, 2):
+        await cloud.add(spoke_config(index, ipsec=False, hold_time=6, shortcut_idle_timeout=300))
+    hub, spoke1 = cloud.dataplanes["hub"], cloud.dataplanes["spoke-1"]
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in hub.routes)
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in spoke1.routes)
+    await asyncio.sleep(14.0)  # more than two holding times
+    assert Route(S2_LAN, via=S2_TUNNEL) in spoke1.routes
+    assert [item for _, what, item in spoke1.history if what == "-route"] == []
+    renewed = [e for e in views.show_events(cloud.agents["spoke-1"]) if e["kind"] == "shortcut-renewed"]
+    assert len(renewed) >= 2 and cloud.agents["spoke-1"].stats.shortcuts_created == 1
+
+
+async def test_idle_shortcut_is_not_renewed(cloud: Cloud) -> None:
+    await cloud.add(hub_config(ipsec=False, hold_time=6))
+    for index in (1, 2):
+        await cloud.add(spoke_config(index, ipsec=False, hold_time=6, shortcut_idle_timeout=2))
+    spoke1 = cloud.dataplanes["spoke-1"]
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in cloud.dataplanes["hub"].routes)
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in spoke1.routes)
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) not in spoke1.routes, limit=8)
+    assert not [e for e in views.show_events(cloud.agents["spoke-1"]) if e["kind"] == "shortcut-renewed"]

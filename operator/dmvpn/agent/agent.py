@@ -143,6 +143,7 @@ class Agent:
         self._timer_wakeup = asyncio.Event()
         self._held: dict[IPv4Address, deque[tuple[float, Send]]] = {}
         self._resolving_since: dict[Address, float] = {}
+        self._renewing: set[Address] = set()  # destinations asked again before their shortcut expires
         self._usage: dict[IPv4Address, PeerUsage] = {}
         self._sa_up: set[IPv4Address] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -317,6 +318,7 @@ class Agent:
                 self._resolved(action)
             elif isinstance(action, ResolutionFailed):
                 self._resolving_since.pop(action.destination, None)
+                self._renewing.discard(action.destination)
                 self.event("resolution-failed", f"{action.destination}: {action.reason}")
             elif isinstance(action, NATAddressChanged):
                 self.event("nat", f"our NBMA address as the hub sees it: {action.nbma or 'unchanged (no NAT)'}")
@@ -385,6 +387,10 @@ class Agent:
 
     def _resolved(self, done: ResolutionDone) -> None:
         entry = done.entry
+        if done.destination in self._renewing:
+            self._renewing.discard(done.destination)
+            self.event("shortcut-renewed", f"{entry.prefix} via {entry.next_hop} at NBMA {entry.nbma}")
+            return
         started = self._resolving_since.pop(done.destination, None)
         if started is not None:
             self.observer.resolution_latency(self.clock() - started)
@@ -546,6 +552,31 @@ class Agent:
         while True:
             await asyncio.sleep(period)
             self.expire_idle_shortcuts()
+            self.renew_busy_shortcuts()
+
+    def renew_busy_shortcuts(self) -> list[Address]:
+        """Resolve again, before they expire, the shortcuts that still carry traffic (not idle): the
+        reply refreshes the binding in place, so a busy path never falls back to the hub, nor loses its
+        SA, at the end of the responder's holding time (IOS and FRR renew the same way)."""
+        now = self.clock()
+        ahead = renew_ahead(self.config.hold_time)
+        timeout = float(self.config.shortcut_idle_timeout)
+        by_next_hop: dict[Address, list[Address]] = {}
+        for entry in self.engine.cache:
+            if entry.type != EntryType.SHORTCUT or entry.expires is None or entry.expires - now > ahead:
+                continue
+            usage = self._usage.get(entry.nbma) if isinstance(entry.nbma, IPv4Address) else None
+            if usage is None or now - usage.last_active >= timeout or entry.next_hop is None:
+                continue  # idle: expiry takes it
+            destinations = by_next_hop.setdefault(entry.next_hop, [])
+            if entry.prefix.network_address != entry.next_hop:
+                destinations.append(entry.prefix.network_address)
+        # The next hop's own binding comes with each reply for its prefixes; alone, it is asked for itself.
+        due = [address for next_hop, found in by_next_hop.items() for address in (found or [next_hop])]
+        for destination in due:
+            self._renewing.add(destination)
+            self._carry_out(self.engine.renew(destination, now))
+        return due
 
     def expire_idle_shortcuts(self) -> list[IPv4Address]:
         """Drop shortcuts to peers whose SA carried nothing for ``shortcutIdleTimeout`` (without IPsec:
@@ -640,6 +671,12 @@ def _bytes_by_peer(sas: list[IkeSaInfo]) -> dict[IPv4Address, int]:
         total = sum(child.bytes_in + child.bytes_out for child in sa.children)
         totals[sa.remote_host] = totals.get(sa.remote_host, 0) + total
     return totals
+
+
+def renew_ahead(hold_time: int) -> float:
+    """How long before a busy shortcut expires it is resolved again: a third of the holding time, at
+    most two minutes (time for a few retransmissions), at least a few seconds."""
+    return max(3.0, min(120.0, hold_time / 3))
 
 
 def engine_config(config: NodeConfig) -> EngineConfig:
