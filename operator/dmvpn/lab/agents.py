@@ -1,4 +1,5 @@
-"""Run real ``dmvpn-agent --standalone`` processes in lab sites (one charon + one agent per site).
+"""Run real ``dmvpn-agent`` processes in lab sites (one charon + one agent per site): standalone mode from
+a file (:class:`AgentLab`), or Kubernetes mode against an API server (:func:`launch_kube_agent`).
 
 Used by the agent's kernel tests, the lab demo and the benchmarks. The standalone file is written from the
 lab's sites, exactly as a user would write it for a cluster.
@@ -14,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,8 @@ class AgentProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def _enter_netns(name: str) -> None:
+def enter_netns(name: str) -> None:
+    """Move the calling thread into the namespace /run/netns/NAME (setns is per thread)."""
     libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
     try:
@@ -97,13 +99,12 @@ def _enter_netns(name: str) -> None:
         os.close(fd)
 
 
-def fork_agent(site: Site, args: list[str], log: Path) -> int:
-    """Fork a child that enters the site's namespace and runs the agent's ``main(args)``.
+def fork_in_netns(netns: str, log: Path, run: Callable[[], int], env: Mapping[str, str] | None = None) -> int:
+    """Fork a child that enters the namespace ``netns`` (with ``env`` added to its environment), sends its
+    output to ``log`` and exits with ``run()``'s status; returns the child's pid.
 
-    Why not ``ip netns exec python -m dmvpn.agent.main``: importing pydantic, pyroute2 and asyncio from the
-    host's files takes minutes in an emulated guest under load; the parent has imported them once."""
-    import dmvpn.agent.main as agent_main  # imported in the parent, once
-
+    The child runs code the parent has already imported: a fresh interpreter per process would import
+    pydantic, pyroute2, kopf... again, which takes minutes in an emulated guest under load."""
     pid = os.fork()
     if pid:
         return pid
@@ -115,13 +116,59 @@ def fork_agent(site: Site, args: list[str], log: Path) -> int:
         os.dup2(out, 2)
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the child's own streams
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-        _enter_netns(site.ns.name)
-        code = agent_main.main(args)
+        os.environ.update(env or {})
+        enter_netns(netns)
+        code = run()
     except BaseException as error:  # report and never return into the parent's code (pytest)
         with contextlib.suppress(Exception):
-            print(f"agent child failed: {error!r}", file=sys.stderr, flush=True)
+            print(f"child in {netns} failed: {error!r}", file=sys.stderr, flush=True)
     finally:
         os._exit(code)
+
+
+def fork_agent(site: Site, args: list[str], log: Path) -> int:
+    """Fork a child that enters the site's namespace and runs the agent's ``main(args)``.
+
+    Why not ``ip netns exec python -m dmvpn.agent.main``: importing pydantic, pyroute2 and asyncio from the
+    host's files takes minutes in an emulated guest under load; the parent has imported them once."""
+    import dmvpn.agent.main as agent_main  # imported in the parent, once
+
+    return fork_in_netns(site.ns.name, log, lambda: agent_main.main(args))
+
+
+def launch_kube_agent(
+    lab: Lab, site: Site, kubeconfig: Path, *, namespace: str, vici: Path | None = None
+) -> AgentProcess:
+    """A Kubernetes-mode agent for the node named like the site: ``dmvpn-agent --node NAME --kubeconfig
+    FILE --namespace NS ...`` in the site's namespace (its API server must be reachable from there)."""
+    rundir = lab.site_rundir(site)
+    sock = rundir / "agent.sock"
+    argv = [
+        sys.executable, "-m", "dmvpn.agent.main",
+        "--node", site.name, "--kubeconfig", str(kubeconfig), "--namespace", namespace,
+        "--vici-socket", str(vici or rundir / "charon.vici"),
+        "--socket", str(sock), "--node-state", str(rundir / "node-state.json"),
+    ]  # fmt: skip
+    if sock.exists():
+        sock.unlink()
+    log = rundir / "agent.log"
+    return AgentProcess(site, fork_agent(site, argv[3:], log), sock, log, argv)
+
+
+def wait_started(agent: AgentProcess, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    """Until the agent runs an endpoint (its control socket answers and it logged 'started')."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if agent.poll() is not None:
+            raise LabError(f"agent at {agent.site.name} exited {agent.returncode}:\n{agent.log_text()[-3000:]}")
+        if agent.socket.exists():
+            try:
+                if any(e["kind"] == "started" for e in agent.request("show events")):
+                    return
+            except (OSError, LabError, ValueError):
+                pass
+        time.sleep(0.2)
+    raise LabError(f"agent at {agent.site.name} not started within {timeout_s} s:\n{agent.log_text()[-3000:]}")
 
 
 def control_request(path: Path, command: str, timeout: float = 5.0) -> Any:
@@ -183,18 +230,7 @@ class AgentLab:
 
     def wait_ready(self, agent: AgentProcess, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         """Until the agent has started (its control socket answers and it logged 'started')."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if agent.poll() is not None:
-                raise LabError(f"agent at {agent.site.name} exited {agent.returncode}:\n{agent.log_text()[-3000:]}")
-            if agent.socket.exists():
-                try:
-                    if any(e["kind"] == "started" for e in agent.request("show events")):
-                        return
-                except (OSError, LabError, ValueError):
-                    pass
-            time.sleep(0.2)
-        raise LabError(f"agent at {agent.site.name} not started within {timeout_s} s:\n{agent.log_text()[-3000:]}")
+        wait_started(agent, timeout_s)
 
     def start_agent(self, site: Site, timeout_s: float = STARTUP_TIMEOUT_S) -> AgentProcess:
         agent = self.launch_agent(site)
