@@ -4,7 +4,10 @@ Both run in the same process, interleaved pod by pod, with the same bridge/host-
 (the one dmvpn generates), so the ratio shows what dmvpn costs on top: a Python start-up, reading
 the node state, recording the attachment, converting the result. Goal: <= 1.5x. A third variant,
 "py-floor", only starts python3 the way our launcher does and execs bridge: the part of the
-overhead no Python plugin can avoid, to tell interpreter start-up from our own work. CPU time
+overhead no Python plugin can avoid, to tell interpreter start-up from our own work. A fourth,
+"py-spawn", starts python3 the same way but spawns bridge, waits for it and relays its answer, as
+any plugin must that does work after its delegate (dmvpn removes the record after DEL, converts
+the result and rolls a failed ADD back): the floor for a delegating Python plugin. CPU time
 (plugin plus everything it ran) is reported too, as wall time suffers most on a busy host.
 
 Needs root and the reference plugins (Debian ``containernetworking-plugins``). Every network
@@ -119,10 +122,13 @@ def run_inner(args: argparse.Namespace) -> int:
     env = {"PATH": NODE_PATH, "CNI_PATH": f"{REFERENCE_PLUGINS}:{PLUGIN_DIR}", "CNI_IFNAME": "eth0"}
     floor_conf = {**bridge_conf, "name": "floorbench", "bridge": "floorb-br0"}
     floor_conf["ipam"] = {**bridge_conf["ipam"], "ranges": [[{"subnet": "10.244.252.0/24"}]]}
+    spawn_conf = {**bridge_conf, "name": "spawnbench", "bridge": "spawnb-br0"}
+    spawn_conf["ipam"] = {**bridge_conf["ipam"], "ranges": [[{"subnet": "10.244.254.0/24"}]]}
     plugins = {
         "dmvpn": (install_plugin(workdir, args.python), ours_conf),
         "bridge": (str(REFERENCE_PLUGINS / "bridge"), bridge_conf),
         "py-floor": (write_python_floor(workdir, args.python), floor_conf),
+        "py-spawn": (write_python_spawner(workdir, args.python), spawn_conf),
     }
     if args.baseline_cni:
         base_conf = {**ours_conf, "name": "dmvpnbase", "bridge": "dmvpnbase-br0", "dataDir": str(workdir / "base")}
@@ -168,6 +174,38 @@ def write_python_floor(workdir: Path, python: str) -> str:
     floor.write_text(f"#!{python} -IS\nimport posix\nposix.execv({str(REFERENCE_PLUGINS / 'bridge')!r}, ['bridge'])\n")
     floor.chmod(0o755)
     return str(floor)
+
+
+def write_python_spawner(workdir: Path, python: str) -> str:
+    """The least a Python plugin costs that stays alive around its delegate: spawn bridge, relay its answer.
+
+    Started like our launcher, and spawning the way dmvpn does (posix_spawn, config on a pipe).
+    The config is written in one go: it is far below a pipe's capacity.
+    """
+    spawner = workdir / "python-spawn"
+    bridge = str(REFERENCE_PLUGINS / "bridge")
+    spawner.write_text(
+        f"#!{python} -IS\n"
+        "import posix, sys\n"
+        "data = sys.stdin.buffer.read()\n"
+        "in_read, in_write = posix.pipe()\n"
+        "out_read, out_write = posix.pipe()\n"
+        "actions = [(posix.POSIX_SPAWN_DUP2, in_read, 0), (posix.POSIX_SPAWN_DUP2, out_write, 1)]\n"
+        f"pid = posix.posix_spawn({bridge!r}, ['bridge'], posix.environ, file_actions=actions, setsigdef=(13,))\n"
+        "posix.close(in_read)\n"
+        "posix.close(out_write)\n"
+        "posix.write(in_write, data)\n"
+        "posix.close(in_write)\n"
+        "chunks = []\n"
+        "while chunk := posix.read(out_read, 65536):\n"
+        "    chunks.append(chunk)\n"
+        "status = posix.waitstatus_to_exitcode(posix.waitpid(pid, 0)[1])\n"
+        "sys.stdout.buffer.write(b''.join(chunks))\n"
+        "sys.stdout.flush()\n"
+        "posix._exit(status)\n"
+    )
+    spawner.chmod(0o755)
+    return str(spawner)
 
 
 class Sample:
@@ -225,8 +263,13 @@ def report(samples: dict[str, dict[str, list[Sample]]]) -> None:
     floor = percentile(totals["py-floor"], 0.5) / percentile(totals["bridge"], 0.5)
     floor_min = min(totals["py-floor"]) / min(totals["bridge"])
     print(f"  for scale: bare python3 start + bridge (py-floor)/bridge: p50 {floor:.2f}x, min {floor_min:.2f}x")
+    spawn = percentile(totals["py-spawn"], 0.5) / percentile(totals["bridge"], 0.5)
+    spawn_min = min(totals["py-spawn"]) / min(totals["bridge"])
+    print(f"  python3 start + spawn bridge and relay (py-spawn)/bridge: p50 {spawn:.2f}x, min {spawn_min:.2f}x")
     own = (percentile(cpu["dmvpn"], 0.5) - percentile(cpu["py-floor"], 0.5)) * 1000 / 2
     print(f"  dmvpn's own CPU beyond interpreter start, per call (p50): {own:.1f} ms")
+    staying = (percentile(cpu["py-spawn"], 0.5) - percentile(cpu["py-floor"], 0.5)) * 1000 / 2
+    print(f"    of which spawning the delegate instead of exec'ing it (py-spawn - py-floor): {staying:.1f} ms")
     if "dmvpn-base" in totals:
         base = percentile(totals["dmvpn-base"], 0.5) / percentile(totals["bridge"], 0.5)
         base_cpu = percentile(cpu["dmvpn-base"], 0.5) / percentile(cpu["bridge"], 0.5)
