@@ -462,6 +462,39 @@ async def test_deletion_tears_down_and_removes_the_key(cluster: Cluster) -> None
         assert reconciler.teardowns == 1
 
 
+@dataclass
+class FailingReconciler(RecordingReconciler):
+    """The first ``failures`` applies raise, as the real one does when the kernel refuses the tunnel."""
+
+    failures: int = 1
+    attempts: int = 0
+
+    async def apply(self, config: NodeConfig) -> None:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise RuntimeError("create GRE device dmvpn0: ENOTSUP (Operation not supported)")
+        await super().apply(config)
+
+
+async def test_a_failed_start_is_reported_and_retried_not_fatal(cluster: Cluster) -> None:
+    await setup(cluster)
+    await accept(cluster, SPOKES, "spokes", allocations={"spoke-a": "10.255.0.2/24"})
+    reconciler = FailingReconciler(failures=2)
+    async with running_agent("spoke-a", reconciler) as agent:
+        failed = await eventually(
+            lambda: (
+                "ENOTSUP" in (nodes_status(cluster).get("spoke-a") or {}).get("message", "")
+                and nodes_status(cluster)["spoke-a"]
+            ),
+            what="the failure in spoke-a's report",
+        )
+        assert failed["registered"] is False and "starting the endpoint failed" in failed["message"], failed
+        await eventually(lambda: reconciler.applied, what="a retry that succeeds")
+        await eventually(lambda: nodes_status(cluster)["spoke-a"].get("registered") is True, what="the live report")
+        assert reconciler.attempts == 3 and agent.running == Target("DMVPNSpoke", "spokes")
+        assert "ENOTSUP" not in nodes_status(cluster)["spoke-a"].get("message", "")
+
+
 async def test_missing_node_is_reported_and_waited_for(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
     await cluster.create(hub("hub-1"))
     reconciler = RecordingReconciler()

@@ -499,6 +499,7 @@ class KubeAgent:
         self.decision: Decision | None = None
         self._reported: dict[Target, tuple[dict[str, Any], float]] = {}  # last entry (without lastUpdate), when
         self._complaint: str | None = None
+        self._apply_failure: str | None = None
         self.secret_refresh = report_interval
         self.secret_retry = SECRET_RETRY
         self._secret_cache: dict[tuple[str, str], tuple[Mapping[str, str] | None, float]] = {}
@@ -596,8 +597,18 @@ class KubeAgent:
             await self._stop_running()
         if isinstance(decision, Apply):
             if decision.config != self.config:
-                await self.reconciler.apply(decision.config)
+                try:
+                    await self.reconciler.apply(decision.config)
+                except Exception as error:  # the kernel or charon refused: report it, retry on the next step
+                    self.running, self.config = None, None  # the reconciler runs nothing now
+                    reason = f"{decision.target}: starting the endpoint failed: {error}; retrying"
+                    if reason != self._apply_failure:  # once per change, not every poll
+                        log.error("%s", reason)
+                    self._apply_failure = reason
+                    await self._report(decision.target, waiting_status(decision.config.role, reason, _now()))
+                    return decision.target
                 self.config = decision.config
+                self._apply_failure = None
             self.running = decision.target
             await self._report(decision.target, self._live_status(decision.note))
         elif self.running == decision.target:  # a newer generation is not usable: keep running the last one
@@ -707,7 +718,11 @@ class AgentReconciler:
             self.agent = None
         observer = MetricsObserver(self.metrics) if self.metrics is not None else None
         agent = build_agent(config, self.args, observer)
-        await agent.start()
+        try:
+            await agent.start()
+        except BaseException:
+            await agent.close()  # a half-started agent leaves no task or socket behind
+            raise
         self.agent = agent
         write_node_state(self.args.node_state, node_state(config))
         if self.metrics is not None:
