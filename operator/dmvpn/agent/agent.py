@@ -492,8 +492,11 @@ class Agent:
             deadline = self.engine.next_deadline()
             delay = 1.0 if deadline is None else max(0.0, min(1.0, deadline - self.clock()))
             self._timer_wakeup.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel that lands as the
+            # event is set, leaving close() waiting forever for this task (seen in the simulated cloud).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._timer_wakeup.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._timer_wakeup.wait()
             now = self.clock()
             self._expire_held(now)
             try:

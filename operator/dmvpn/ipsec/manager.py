@@ -299,8 +299,9 @@ class IpsecManager:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+            with contextlib.suppress(TimeoutError):  # timeout(), not wait_for: see Agent._timer_loop
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
         return self._table.up(nbma) == up
 
     # --- commands -----------------------------------------------------------------------------------
