@@ -388,6 +388,20 @@ def test_renew_asks_again_and_refreshes_the_shortcut_in_place(net: SimNet) -> No
     assert a.cache.get(SITE_B) is not None
 
 
+def test_retransmit_resolutions_resends_pending_requests_now_keeping_their_attempts(net: SimNet) -> None:
+    _, a, _ = hub_and_two_spokes(net)
+    net.cut.add(SPOKE_B_NBMA)  # the responder's answer cannot come back yet
+    net.call(a, a.resolve, A("10.20.0.5"))
+    assert len(net.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)) == 1
+    net.advance(0.5)
+    net.cut.clear()
+    net.call(a, a.retransmit_resolutions)
+    assert len(net.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)) == 2
+    assert a.cache.get(SITE_B) is not None, "answered without waiting for the backoff"
+    net.call(a, a.retransmit_resolutions)  # nothing pending: nothing sent
+    assert len(net.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)) == 2
+
+
 def test_unknown_destination_gets_a_nak_and_a_negative_entry(net: SimNet) -> None:
     _, a, _ = hub_and_two_spokes(net)
     net.call(a, a.resolve, A("10.99.0.1"))

@@ -444,6 +444,10 @@ class Agent:
             self._sa_up.add(nbma)
             self.event("sa-up", f"{nbma} ({reason})")
             self._flush_held(nbma)
+            if not self.config.is_hub and self.config.hub_by_nbma(nbma) is None:
+                # A reply to our pending resolutions may have waited for this SA (or died with a crossed
+                # duplicate): ask again now rather than at the next backoff step, seconds later.
+                self._carry_out(self.engine.retransmit_resolutions(self.clock()))
         else:
             self._sa_up.discard(nbma)
             self.event("sa-down", f"{nbma} ({reason})")

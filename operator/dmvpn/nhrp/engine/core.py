@@ -147,6 +147,11 @@ class Engine:
         self._resolver.resolve(destination, now)
         return self._collect()
 
+    def retransmit_resolutions(self, now: float) -> list[Action]:
+        """Resend pending Resolution Requests now (e.g. an SA to another spoke came up)."""
+        self._resolver.retransmit_now(now)
+        return self._collect()
+
     def renew(self, destination: Address, now: float) -> list[Action]:
         """Ask again for a binding we already hold (a shortcut about to expire while it carries traffic):
         the reply refreshes the entry in place, so its routes never go (ResolutionDone follows)."""

@@ -135,6 +135,14 @@ class Resolver:
             pending.deadline = now + pending.timeout
             self.ctx.send(pending.nhs_nbma, self._request(pending))
 
+    def retransmit_now(self, now: float) -> int:
+        """Send every pending request again at once, keeping its attempt count (a path its reply needs,
+        such as an SA to the responder, just came up: the reply may have been held or lost meanwhile)."""
+        for pending in self.pending.values():
+            pending.deadline = now + pending.timeout
+            self.ctx.send(pending.nhs_nbma, self._request(pending))
+        return len(self.pending)
+
     # --- answers ------------------------------------------------------------------------------
 
     def on_reply(self, reply: Message, nbma: Address, now: float) -> None:
