@@ -265,6 +265,35 @@ def test_dual_nhs_each_tracked_separately(net: SimNet) -> None:
     assert net.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)[-1].dst == HUB2_NBMA
 
 
+def test_a_retransmitted_resolution_follows_the_nhs_that_is_still_up(net: SimNet) -> None:
+    """Hub 1 dies while a resolution asked of it is pending: once hub 1 is declared down, the next
+    retransmission goes to hub 2 and is answered (before, every retry went to the dead hub)."""
+    net.add(hub_config())
+    net.add(hub_config(protocol_address=HUB2, nbma_address=HUB2_NBMA))
+    nhs = (NHSConfig(nbma=HUB_NBMA, protocol=HUB), NHSConfig(nbma=HUB2_NBMA, protocol=HUB2))
+    a = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, nhs=nhs, holding_time=300))
+    net.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, nhs=nhs, site_prefixes=(SITE_B,), holding_time=300))
+    net.start()
+    net.cut.add(HUB_NBMA)
+    net.call(a, a.resolve, A("10.20.0.5"))
+    assert net.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)[-1].dst == HUB_NBMA
+    a._registrar.nhs[0].up = False  # declared down meanwhile (its refreshes went unanswered)
+    net.advance(1.5)  # the first retransmission
+    assert net.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)[-1].dst == HUB2_NBMA
+    assert a.cache.get(SITE_B) is not None and a.cache.get(SITE_B).nbma == SPOKE_B_NBMA  # type: ignore[union-attr]
+
+
+def test_a_failed_renewal_leaves_no_negative_entry(net: SimNet) -> None:
+    _, a, _ = hub_and_two_spokes(net, holding_time=600)
+    net.call(a, a.resolve, A("10.20.0.5"))
+    net.cut.add(SPOKE_B_NBMA)
+    net.call(a, a.renew, A("10.20.0.5"))
+    net.advance(20)  # every attempt unanswered
+    assert [e for _, e in net.events if isinstance(e, ResolutionFailed)], "the renewal failed"
+    assert a.cache.get(ip_network(A("10.20.0.5"))) is None, "no negative entry"
+    assert a.cache.get(SITE_B) is not None, "the binding stays until it expires"
+
+
 def test_unique_address_registered_from_another_nbma_is_refused_with_code_14(net: SimNet) -> None:
     hub = net.add(hub_config())
     net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA))

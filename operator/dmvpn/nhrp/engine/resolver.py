@@ -40,6 +40,7 @@ class PendingResolution:
     attempts: int
     timeout: float
     deadline: float
+    renew: bool = False  # asked again for a binding we hold: failing leaves no negative entry
 
 
 class Resolver:
@@ -81,6 +82,7 @@ class Resolver:
             attempts=1,
             timeout=timeout,
             deadline=now + timeout,
+            renew=renew,
         )
         self.pending[pending.request_id] = pending
         self._by_destination[destination] = pending.request_id
@@ -133,13 +135,24 @@ class Resolver:
             pending.attempts += 1
             pending.timeout *= 2
             pending.deadline = now + pending.timeout
+            self._follow_nhs(pending)
             self.ctx.send(pending.nhs_nbma, self._request(pending))
+
+    def _follow_nhs(self, pending: PendingResolution) -> None:
+        """Retransmit through an NHS that is up: with two hubs, a request asked of a hub that has since
+        been declared down goes to the other one instead of into the void."""
+        if any(nhs.nbma == pending.nhs_nbma and nhs.up for nhs in self.registrar.nhs):
+            return
+        nhs = self.registrar.first_up()
+        if nhs is not None:
+            pending.nhs_nbma = nhs.nbma
 
     def retransmit_now(self, now: float) -> int:
         """Send every pending request again at once, keeping its attempt count (a path its reply needs,
         such as an SA to the responder, just came up: the reply may have been held or lost meanwhile)."""
         for pending in self.pending.values():
             pending.deadline = now + pending.timeout
+            self._follow_nhs(pending)
             self.ctx.send(pending.nhs_nbma, self._request(pending))
         return len(self.pending)
 
@@ -196,9 +209,10 @@ class Resolver:
 
     def _fail(self, pending: PendingResolution, now: float, reason: str, code: int | None, hold: float) -> None:
         self._finish(pending)
-        self.ctx.cache_put(
-            CacheEntry(prefix=host_network(pending.destination), type=EntryType.NEGATIVE, expires=now + hold)
-        )
+        if not pending.renew:  # a failed renewal lets the binding age out; the next indication asks afresh
+            self.ctx.cache_put(
+                CacheEntry(prefix=host_network(pending.destination), type=EntryType.NEGATIVE, expires=now + hold)
+            )
         self.ctx.out.append(ResolutionFailed(pending.destination, reason, code))
 
     def _finish(self, pending: PendingResolution) -> None:
