@@ -289,3 +289,27 @@ async def test_idle_shortcut_is_not_renewed(cloud: Cloud) -> None:
     await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in spoke1.routes)
     await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) not in spoke1.routes, limit=8)
     assert not [e for e in views.show_events(cloud.agents["spoke-1"]) if e["kind"] == "shortcut-renewed"]
+
+
+async def test_ipsec_guard_drops_are_counted_in_show_counters_and_metrics(cloud: Cloud) -> None:
+    """Clear GRE the guard dropped (a rogue sender without IKE credentials) is visible, not silent."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from dmvpn.agent.metrics import Metrics
+    from dmvpn.ipsec.types import GuardCounters
+
+    await registered_cloud(cloud)
+    hub = cloud.agents["hub"]
+    assert views.show_counters(hub)["ipsecGuard"] is None  # not sampled yet
+
+    async def counters() -> GuardCounters:
+        return GuardCounters(dropped_in_packets=7, dropped_in_bytes=700, dropped_out_packets=1, dropped_out_bytes=90)
+
+    hub._guard_counters = counters
+    await hub._sample_guard()
+    assert views.show_counters(hub)["ipsecGuard"] == {"droppedInPackets": 7, "droppedOutPackets": 1}
+    registry = CollectorRegistry()
+    Metrics(registry).attach(hub)
+    text = generate_latest(registry).decode()
+    assert 'dmvpn_ipsec_guard_dropped_packets_total{direction="in"} 7.0' in text
+    assert 'dmvpn_nhrp_packets_total{direction="in",type="registration_request"}' in text

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any, Protocol
@@ -27,7 +27,7 @@ from dmvpn.agent import plan
 from dmvpn.agent.config import NodeConfig
 from dmvpn.agent.ports import DataplanePort, IpsecPort
 from dmvpn.dataplane import DataplaneError, HairpinEvent, Neighbour, Route, Solicitation
-from dmvpn.ipsec.types import IkeSaInfo, InitiatePolicy, SaEvent
+from dmvpn.ipsec.types import GuardCounters, IkeSaInfo, InitiatePolicy, SaEvent
 from dmvpn.nhrp.cache import ChangeKind, EntryType
 from dmvpn.nhrp.codec import Address, PacketType, TrafficIndication, decode, ip_addresses
 from dmvpn.nhrp.codec.errors import NHRPDecodeError
@@ -115,6 +115,7 @@ class Agent:
         hairpin: Callable[[], Any] | None = None,
         solicitations: Callable[[], Any] | None = None,
         install_guard: Callable[[], Any] | None = None,
+        guard_counters: Callable[[], Awaitable[GuardCounters | None]] | None = None,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,
@@ -126,6 +127,8 @@ class Agent:
         self._hairpin_source = hairpin
         self._solicitation_source = solicitations
         self._install_guard = install_guard
+        self._guard_counters = guard_counters
+        self.guard: GuardCounters | None = None  # last sample: clear GRE dropped by the IPsec guard
         self.observer: Observer = observer or _NullObserver()
         self.clock = clock
         self.wallclock = wallclock
@@ -481,6 +484,7 @@ class Agent:
             await asyncio.sleep(period)
             if self.ipsec is None:
                 continue
+            await self._sample_guard()
             try:
                 self.sas = await self.ipsec.list_sas()
             except Exception as error:
@@ -488,6 +492,15 @@ class Agent:
                 continue
             for peer in self._known_peers():
                 self._sa_changed(peer, self.ipsec.sa_up(peer), "sync")
+
+    async def _sample_guard(self) -> None:
+        """What the guard dropped (peers without an SA: a rogue sender, a peer whose SA is gone)."""
+        if self._guard_counters is None:
+            return
+        try:
+            self.guard = await self._guard_counters()
+        except Exception as error:
+            self.stats.last_error = f"ipsec guard counters: {error}"
 
     # --- timers, reconcile, idle ----------------------------------------------------------------------
 

@@ -112,8 +112,11 @@ def build_agent(config: NodeConfig, args: argparse.Namespace, observer: MetricsO
         hairpin = hairpin_reader
     solicitations = dataplane.solicitations if config.phase == 2 and not config.is_hub else None
     guard: Callable[[], Any] | None = None
+    counters: Callable[[], Any] | None = None
     if config.ipsec.required:
-        from dmvpn.ipsec.guard import install_guard, set_larval_drop
+        from dmvpn.ipsec.guard import guard_counters, install_guard, set_larval_drop
+
+        counters = guard_counters
 
         async def guard() -> None:
             await install_guard(config.nbma)
@@ -127,6 +130,7 @@ def build_agent(config: NodeConfig, args: argparse.Namespace, observer: MetricsO
         hairpin=hairpin,
         solicitations=solicitations,
         install_guard=guard,
+        guard_counters=counters,
         observer=observer,
     )
 

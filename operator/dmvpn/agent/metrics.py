@@ -112,3 +112,12 @@ class AgentCollector(Collector):
         sas = GaugeMetricFamily("dmvpn_ipsec_sas_up", "Peers with an installed CHILD_SA")
         sas.add_metric([], len(agent.sa_up_peers))
         yield sas
+        if agent.guard is not None:
+            guard = CounterMetricFamily(
+                "dmvpn_ipsec_guard_dropped_packets",
+                "Clear GRE dropped by the IPsec guard (in: from peers without an SA)",
+                labels=["direction"],
+            )
+            guard.add_metric(["in"], agent.guard.dropped_in_packets)
+            guard.add_metric(["out"], agent.guard.dropped_out_packets)
+            yield guard

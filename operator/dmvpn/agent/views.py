@@ -161,6 +161,12 @@ def show_counters(agent: Agent) -> dict[str, Any]:
         "adopted_entries": stats.adopted_entries,
         **stats.extra,
     }
+    guard = agent.guard
+    snapshot["ipsecGuard"] = (
+        None
+        if guard is None
+        else {"droppedInPackets": guard.dropped_in_packets, "droppedOutPackets": guard.dropped_out_packets}
+    )  # clear GRE dropped (ipsec.mode required): in = from peers without an SA, out = before our SA was up
     snapshot["lastError"] = stats.last_error
     return snapshot
 
