@@ -42,7 +42,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="where kernel-marked tests run: auto (guest when this kernel lacks ip_gre/esp4), direct, guest",
     )
     group.addoption(RESULTS_OPTION, default=None, help="(internal) where the guest writes its results")
-    group.addoption("--guest-timeout", type=float, default=2400.0, help="hard limit for the whole guest run (seconds)")
+    group.addoption(
+        "--guest-timeout",
+        type=float,
+        default=3600.0,
+        help="hard limit for one guest run (seconds; CI allows 90 min in all)",
+    )
     group.addoption(
         "--guest-shards",
         type=int,
