@@ -24,16 +24,6 @@ def flood_ping(pod: Netns, dst: str, count: int, interval: float = 0.05) -> tupl
     return ping(pod, dst, count=count, interval=interval, timeout_s=2.0)
 
 
-def wait_shortcut(agents: AgentLab, site: str, timeout_s: float = 20.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for peer in agents.agents[site].request("show dmvpn")["peers"]:
-            if peer["kind"] == "shortcut" and peer["state"] == "up":
-                return dict(peer)
-        time.sleep(0.1)
-    raise AssertionError(f"no shortcut at {site}:\n{agents.agents[site].log_text()[-3000:]}")
-
-
 def test_phase3_ipsec_shortcut_without_loss_then_restart(lab: Lab) -> None:
     hub, spoke1, spoke2 = hub_and_spokes(lab, spokes=2, delay_ms=DELAY_MS)
     assert spoke1.pod is not None and spoke2.pod is not None
@@ -54,7 +44,7 @@ def test_phase3_ipsec_shortcut_without_loss_then_restart(lab: Lab) -> None:
     via_hub = gre_rx(hub) - before
     assert received == sent, f"lost {sent - received} of {sent} pings while the shortcut formed"
     assert via_hub > 0, "the first packets must go via the hub"
-    shortcut = wait_shortcut(agents, "spoke1")
+    shortcut = agents.wait_shortcut("spoke1", timeout_s=20)
     assert shortcut["tunnel"] == str(spoke2.tunnel_ip) and shortcut["ipsec"] == "up"
 
     before = gre_rx(hub)
@@ -62,7 +52,7 @@ def test_phase3_ipsec_shortcut_without_loss_then_restart(lab: Lab) -> None:
     assert received == sent
     assert gre_rx(hub) - before <= 2, "after the shortcut, pod traffic must bypass the hub"
     # both directions: spoke2's replies hairpinned too, so spoke2 built its own shortcut to spoke1
-    reverse = wait_shortcut(agents, "spoke2")
+    reverse = agents.wait_shortcut("spoke2", timeout_s=20)
     assert reverse["tunnel"] == str(spoke1.tunnel_ip)
 
     capture.terminate()

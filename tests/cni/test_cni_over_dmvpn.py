@@ -63,16 +63,6 @@ def gre_rx(site: Site) -> int:
     return site.ns.link_stats("dmvpn0")["rx"]
 
 
-def wait_shortcut(agents: AgentLab, site: str, timeout_s: float = 30.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for peer in agents.agents[site].request("show dmvpn")["peers"]:
-            if peer["kind"] == "shortcut" and peer["state"] == "up":
-                return dict(peer)
-        time.sleep(0.1)
-    raise AssertionError(f"no shortcut at {site}:\n{agents.agents[site].log_text()[-3000:]}")
-
-
 def test_cni_pods_on_two_spokes_reach_each_other_at_full_mtu_via_hub_then_direct(lab: Lab) -> None:
     need_host_prerequisites()
     hub, spoke1, spoke2 = hub_and_spokes(lab, spokes=2, delay_ms=DELAY_MS, with_pods=False)
@@ -113,7 +103,7 @@ def test_cni_pods_on_two_spokes_reach_each_other_at_full_mtu_via_hub_then_direct
     via_hub = gre_rx(hub) - before
     assert received == sent, f"lost {sent - received} of {sent} full-size pings via the hub / while switching"
     assert via_hub > 0, "the first packets must go via the hub"
-    shortcut = wait_shortcut(agents, "spoke1")
+    shortcut = agents.wait_shortcut("spoke1")
     assert shortcut["tunnel"] == str(spoke2.tunnel_ip) and shortcut["ipsec"] == "up", shortcut
 
     # 3. then directly: the hub sees (almost) nothing of 20 full-size pings in each direction

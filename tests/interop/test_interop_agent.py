@@ -43,16 +43,6 @@ def registered(rows: list[dict[str, Any]], tunnel_ip: str, nbma: str) -> bool:
     return any(r["protocol"] == tunnel_ip and r["nbma"] == nbma and r["type"] == "dynamic" for r in rows)
 
 
-def wait_agent_shortcut(agents: AgentLab, site: str, timeout_s: float = 30.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for peer in agents.agents[site].request("show dmvpn")["peers"]:
-            if peer["kind"] == "shortcut" and peer["state"] == "up":
-                return dict(peer)
-        time.sleep(0.2)
-    raise AssertionError(f"no shortcut at {site}: {events(agents, site)}\n{agents.agents[site].log_text()[-3000:]}")
-
-
 def test_agent_spokes_with_frr_hub(lab: Lab) -> None:
     hub, spoke1, spoke2 = hub_and_spokes(lab, spokes=2, delay_ms=DELAY_MS)
     assert spoke1.pod is not None and spoke2.pod is not None
@@ -85,7 +75,7 @@ def test_agent_spokes_with_frr_hub(lab: Lab) -> None:
     show("pod ping spoke1 -> spoke2 while the shortcut forms", f"{received}/{sent}, {via_hub} packets via the hub")
     assert via_hub > 0, "the first packets must cross FRR's hub"
     assert received >= sent - 2, f"lost {sent - received} of {sent} pings while the shortcut formed"
-    shortcut = wait_agent_shortcut(agents, "spoke1")
+    shortcut = agents.wait_shortcut("spoke1")
     show("spoke1 shortcut", shortcut)
     assert shortcut["tunnel"] == str(spoke2.tunnel_ip) and shortcut["nbma"] == str(spoke2.nbma)
     spoke1_events = events(agents, "spoke1")

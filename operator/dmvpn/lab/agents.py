@@ -29,7 +29,7 @@ STARTUP_TIMEOUT_S = 300.0  # importing pydantic + pyroute2 takes ~2 s here, far 
 
 
 def standalone_yaml(sites: Sequence[Site], *, ipsec: bool = True, phase: int = 3, idle_timeout: int = 300,
-                    hubs: int = 1, gre_key: int | None = 42) -> str:  # fmt: skip
+                    hubs: int = 1, gre_key: int | None = 42, hold_time: int = 7200) -> str:  # fmt: skip
     """DMVPNHub/DMVPNSpoke documents for a lab whose first ``hubs`` sites are hubs."""
     ipsec_block = "  ipsec:\n    psk:\n      secretRef: {name: dmvpn-psk}\n" if ipsec else "  ipsec: {mode: disabled}\n"
     key = f"    greKey: {gre_key}\n" if gre_key is not None else ""
@@ -41,7 +41,7 @@ def standalone_yaml(sites: Sequence[Site], *, ipsec: bool = True, phase: int = 3
             f"apiVersion: dmvpn.io/v1alpha1\nkind: DMVPNHub\nmetadata: {{name: {hub.name}}}\nspec:\n"
             f"  nodeName: {hub.name}\n  nbma: {{address: {hub.nbma}}}\n"
             f"  tunnel:\n    address: {hub.tunnel_ip}/24\n{key}"
-            f"  nhrp: {{phase: {phase}, shortcutIdleTimeout: {idle_timeout}}}\n"
+            f"  nhrp: {{phase: {phase}, shortcutIdleTimeout: {idle_timeout}, holdTime: {hold_time}}}\n"
             f"{ipsec_block}  sitePrefixes: [{hub.lan}]\n{summary}"
         )
     hub_refs = "".join(f"    - name: {hub.name}\n" for hub in hub_sites)
@@ -50,7 +50,7 @@ def standalone_yaml(sites: Sequence[Site], *, ipsec: bool = True, phase: int = 3
             f"apiVersion: dmvpn.io/v1alpha1\nkind: DMVPNSpoke\nmetadata: {{name: {spoke.name}}}\nspec:\n"
             f"  nodeName: {spoke.name}\n  nbma: {{address: {spoke.nbma}}}\n"
             f"  tunnel:\n    address: {spoke.tunnel_ip}/24\n{key}"
-            f"  nhrp: {{phase: {phase}, shortcutIdleTimeout: {idle_timeout}}}\n"
+            f"  nhrp: {{phase: {phase}, shortcutIdleTimeout: {idle_timeout}, holdTime: {hold_time}}}\n"
             f"{ipsec_block}  sitePrefixes: [{spoke.lan}]\n  hubs:\n{hub_refs}"
         )
     return "---\n".join(docs)
@@ -141,6 +141,10 @@ def launch_kube_agent(
 ) -> AgentProcess:
     """A Kubernetes-mode agent for the node named like the site: ``dmvpn-agent --node NAME --kubeconfig
     FILE --namespace NS ...`` in the site's namespace (its API server must be reachable from there)."""
+    import kubernetes.config  # noqa: F401 - what Kubernetes mode imports, once in the parent (see fork_agent)
+
+    import dmvpn.agent.kube  # noqa: F401
+
     rundir = lab.site_rundir(site)
     sock = rundir / "agent.sock"
     argv = [
@@ -258,3 +262,18 @@ class AgentLab:
             time.sleep(0.2)
         logs = "\n".join(f"--- {n}\n{self.agents[n].log_text()[-2000:]}" for n in pending)
         raise LabError(f"not registered within {timeout_s} s: {pending}\n{logs}")
+
+    def wait_shortcut(self, site: str, peer_tunnel: str | None = None, timeout_s: float = 30.0) -> dict[str, Any]:
+        """The first ``show dmvpn`` shortcut row that is up at ``site`` (to ``peer_tunnel``, if given)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for peer in self.agents[site].request("show dmvpn")["peers"]:
+                wanted = peer_tunnel is None or peer["tunnel"] == peer_tunnel
+                if peer["kind"] == "shortcut" and peer["state"] == "up" and wanted:
+                    return dict(peer)
+            time.sleep(0.2)
+        events = [(e["kind"], e["text"]) for e in self.agents[site].request("show events")][-30:]
+        raise LabError(f"no shortcut at {site} within {timeout_s} s; last events: {events}")
+
+    def shortcuts(self, site: str) -> list[dict[str, Any]]:
+        return [dict(p) for p in self.agents[site].request("show dmvpn")["peers"] if p["kind"] == "shortcut"]
