@@ -42,7 +42,7 @@ async def test_create_adopt_reconcile_idempotent_and_changed_params(lab: Lab) ->
         assert info["link"] == "eth0" and info["mtu"] == 1400
         assert "UP" in info["flags"] and "NOARP" not in info["flags"]  # type: ignore[operator]
         assert f"inet {hub.tunnel_ip}/32" in ns.run("ip", "addr", "show", "dev", DEV)
-        assert "= 1" in ns.run("sysctl", f"net.ipv4.neigh.{DEV}.app_solicit")
+        assert "= 3" in ns.run("sysctl", f"net.ipv4.neigh.{DEV}.app_solicit")
         assert "= 0" in ns.run("sysctl", f"net.ipv4.neigh.{DEV}.ucast_solicit")
 
         # Foreign state on and around our device: a neighbour without our mark, a route of another

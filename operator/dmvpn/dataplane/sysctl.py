@@ -6,12 +6,17 @@ from pathlib import Path
 
 from dmvpn.dataplane.netns import run_in_netns
 
+APP_SOLICIT = 3
+"""Kernel asks per unresolved tunnel address, retrans_time (1 s) apart. While they last, the first packets
+wait in the neighbour queue: 3 s covers an NHRP resolution over a slow WAN or a loaded node, where FRR's
+1 (a single second) dropped every packet of a resolution that took longer (seen in the emulated lab)."""
+
 
 def phase2_sysctls(ifname: str) -> dict[str, int]:
-    """What FRR nhrpd sets: the kernel asks userspace (app) instead of sending ARP, and no ICMP redirects
-    (the hub's Phase 3 redirect is NHRP's Traffic Indication, not ICMP)."""
+    """As FRR nhrpd: the kernel asks userspace (app) instead of sending ARP, and no ICMP redirects (the
+    hub's Phase 3 redirect is NHRP's Traffic Indication, not ICMP); we let it ask a little longer."""
     return {
-        f"net/ipv4/neigh/{ifname}/app_solicit": 1,
+        f"net/ipv4/neigh/{ifname}/app_solicit": APP_SOLICIT,
         f"net/ipv4/neigh/{ifname}/ucast_solicit": 0,
         f"net/ipv4/neigh/{ifname}/mcast_solicit": 0,
         f"net/ipv4/conf/{ifname}/send_redirects": 0,
