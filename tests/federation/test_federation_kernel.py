@@ -12,6 +12,7 @@ The API servers listen on 192.0.2.200 in the lab's underlay namespace (setns is 
 this process enters it and serves both emulators); the operators are forked children of this process in
 that namespace, the agents forked children in their sites' namespaces (dmvpn.lab.agents: imports take
 minutes in an emulated guest, so children reuse the parent's). IPsec required, 10 ms one-way delay.
+spoke2's agent starts once spoke1 is counted, so the hub cluster's count is seen to follow registrations.
 """
 
 from __future__ import annotations
@@ -250,47 +251,56 @@ def test_spoke_cluster_joins_hub_cluster_pods_reach_hub_and_other_spoke_directly
                 logs[f"operator-{name}"] = rundir / f"operator-{name}.log"
                 pids.append(fork_operator(inet.name, configs[name], logs[f"operator-{name}"]))
             agents: dict[str, AgentProcess] = {}
-            for site, cluster_name in ((hub_site, "hub"), (spoke1, "edge"), (spoke2, "edge")):
+
+            def launch(site: Site, cluster_name: str) -> AgentProcess:
                 agent = launch_kube_agent(lab, site, configs[cluster_name], namespace=NAMESPACE, vici=vici[site.name])
                 agents[site.name] = agent
                 logs[f"agent-{site.name}"] = agent.log
                 pids.append(agent.pid)
-            for agent in agents.values():
-                wait_started(agent, START_TIMEOUT_S)
-            print(f"\n[fed] agents running endpoints after {time.monotonic() - started:.1f} s")
+                return agent
 
-            # 1. The edge cluster: each spoke accepted and Ready (registered with the remote hub).
             def edge_status(name: str) -> dict[str, Any]:
                 return plane.read(lambda: edge.status(SPOKES, name))
 
-            for site in (spoke1, spoke2):
+            def hub_status() -> dict[str, Any]:
+                return plane.read(lambda: hub_cluster.status(HUBS, "hub"))
+
+            def spoke_ready(site: Site) -> None:
+                """The edge cluster's DMVPNSpoke accepted and Ready: registered with the remote hub."""
                 status = wait_for(
-                    lambda site=site: ready(edge_status(site.name)),
+                    lambda: ready(edge_status(site.name)),
                     START_TIMEOUT_S, f"DMVPNSpoke/{site.name} Ready in the edge cluster", tails,
                 )  # fmt: skip
                 assert condition(status, "Accepted")["status"] == "True", status
                 assert status["readyNodes"] == 1 and status["hubsUp"] == 1, status
                 entry = status["nodes"][site.name]
                 assert entry["nhsUp"] == [str(hub_site.tunnel_ip)] and entry["nbma"] == str(site.nbma), entry
-            print(f"[fed] edge spokes Ready after {time.monotonic() - started:.1f} s")
 
-            # 2. The hub cluster counts the remote spokes as they register; nothing there describes them.
-            seen: list[int] = []
+            def registered(count: int) -> dict[str, Any]:
+                return wait_for(
+                    lambda: (s := hub_status()) and int(s.get("registeredSpokes") or 0) == count and s,
+                    120.0, f"registeredSpokes {count} on the hub cluster's DMVPNHub", tails,
+                )  # fmt: skip
 
-            def registered() -> dict[str, Any] | None:
-                status = plane.read(lambda: hub_cluster.status(HUBS, "hub"))
-                count = int(status.get("registeredSpokes") or 0)
-                if not seen or seen[-1] != count:
-                    seen.append(count)
-                return status if count == 2 else None
+            # 1. The hub and spoke1 come up; the hub cluster counts one remote spoke.
+            for agent in (launch(hub_site, "hub"), launch(spoke1, "edge")):
+                wait_started(agent, START_TIMEOUT_S)
+            print(f"\n[fed] hub and spoke1 agents running endpoints after {time.monotonic() - started:.1f} s")
+            spoke_ready(spoke1)
+            first = registered(1)
+            assert first["nodes"]["hub"]["peers"] == 1, first
+            print(f"[fed] spoke1 Ready after {time.monotonic() - started:.1f} s; hub: registeredSpokes 1")
 
-            hub_status = wait_for(registered, 120.0, "registeredSpokes 2 on the hub cluster's DMVPNHub", tails)
-            assert condition(hub_status, "Ready")["status"] == "True", hub_status
-            assert hub_status["nodes"]["hub"]["peers"] == 2 and hub_status["nodes"]["hub"]["role"] == "hub", hub_status
+            # 2. spoke2 joins: Ready in its cluster, counted by the hub's, with no object there describing it.
+            wait_started(launch(spoke2, "edge"), START_TIMEOUT_S)
+            spoke_ready(spoke2)
+            status = registered(2)
+            assert condition(status, "Ready")["status"] == "True", status
+            assert status["nodes"]["hub"]["peers"] == 2 and status["nodes"]["hub"]["role"] == "hub", status
             assert plane.read(lambda: hub_cluster.server.stored_items(SPOKES)) == []
             hub_nodes = plane.read(lambda: hub_cluster.server.stored_items(NODES))
             assert [n["metadata"]["name"] for n in hub_nodes] == ["hub"]
-            print(f"[fed] hub cluster registeredSpokes as seen: {seen}; status.nodes: {hub_status['nodes']}")
+            print(f"[fed] spoke2 Ready after {time.monotonic() - started:.1f} s; hub status.nodes: {status['nodes']}")
 
             # 3. A pod of the edge cluster reaches the pod behind the hub, through the hub.
             before = gre_rx(hub_site)
