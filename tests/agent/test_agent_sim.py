@@ -313,3 +313,42 @@ async def test_ipsec_guard_drops_are_counted_in_show_counters_and_metrics(cloud:
     text = generate_latest(registry).decode()
     assert 'dmvpn_ipsec_guard_dropped_packets_total{direction="in"} 7.0' in text
     assert 'dmvpn_nhrp_packets_total{direction="in",type="registration_request"}' in text
+
+
+async def test_a_hairpin_reader_that_fails_to_start_is_started_again(cloud: Cloud) -> None:
+    """nft too slow on a loaded node's first use: the hub says so and listens once it works, so Phase 3
+    redirects are late, not lost for the agent's life."""
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    from dmvpn.agent.agent import Agent
+
+    attempts: list[int] = []
+    delivered = asyncio.Queue[HairpinEvent]()
+
+    @contextlib.asynccontextmanager
+    async def flaky_reader() -> AsyncIterator[AsyncIterator[HairpinEvent]]:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise TimeoutError("nft did not finish within 10 s")
+
+        async def events() -> AsyncIterator[HairpinEvent]:
+            while True:
+                yield await delivered.get()
+
+        yield events()
+
+    config = hub_config(ipsec=False)
+    dataplane = FakeDataplane()
+    hub = Agent(config, dataplane, None, cloud.net.transport_for(config.nbma), hairpin=flaky_reader)
+    cloud.agents["hub"], cloud.dataplanes["hub"] = hub, dataplane
+    await hub.start()
+    await cloud.add(spoke_config(1, ipsec=False))
+    await cloud.add(spoke_config(2, ipsec=False))
+    await wait_for(lambda: any(e["kind"] == "hairpin" and e["text"] == "listening" for e in hub.events), limit=5)
+    assert [e["kind"] for e in hub.events].count("hairpin-failed") == 1 and hub.stats.extra["hairpin_restarts"] == 1
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in dataplane.routes)
+    delivered.put_nowait(
+        HairpinEvent(IPv4Address("10.1.1.10"), IPv4Address("10.1.2.10"), ipv4_header("10.1.1.10", "10.1.2.10"))
+    )
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in cloud.dataplanes["spoke-1"].routes)

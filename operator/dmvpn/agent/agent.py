@@ -647,11 +647,29 @@ class Agent:
 
     # --- hub redirect and Phase 2 ----------------------------------------------------------------------
 
+    async def _keep_listening(self, what: str, source: Callable[[], Any], handle: Callable[[Any], None]) -> None:
+        """Run a kernel event source (NFLOG hairpin reader, neighbour solicitations) for the agent's life:
+        if setting it up or reading fails (nft too slow on a loaded node's first use), say so and start it
+        again, with a growing pause, instead of losing Phase 3 redirects or Phase 2 resolution for good."""
+        pause = 1.0
+        while True:
+            try:
+                async with source() as events:
+                    self.event(what, "listening")
+                    pause = 1.0
+                    async for item in events:
+                        handle(item)
+                return  # the source ended by itself (closed)
+            except Exception as error:
+                self.stats.last_error = f"{what}: {error}"
+                self.stats.extra[f"{what}_restarts"] = self.stats.extra.get(f"{what}_restarts", 0) + 1
+                self.event(f"{what}-failed", f"{error}; again in {pause:.0f} s")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 30.0)
+
     async def _hairpin_loop(self) -> None:
         assert self._hairpin_source is not None
-        async with self._hairpin_source() as reader:
-            async for hairpin_event in reader:
-                self.on_hairpin(hairpin_event)
+        await self._keep_listening("hairpin", self._hairpin_source, self.on_hairpin)
 
     def on_hairpin(self, hairpin_event: HairpinEvent) -> None:
         self.stats.hairpin_events += 1
@@ -659,9 +677,7 @@ class Agent:
 
     async def _solicitation_loop(self) -> None:
         assert self._solicitation_source is not None
-        async with self._solicitation_source() as asks:
-            async for ask in asks:
-                self.on_solicitation(ask)
+        await self._keep_listening("solicitations", self._solicitation_source, self.on_solicitation)
 
     def on_solicitation(self, ask: Solicitation) -> None:
         self.stats.solicitations += 1

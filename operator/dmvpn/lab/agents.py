@@ -167,12 +167,23 @@ def wait_started(agent: AgentProcess, timeout_s: float = STARTUP_TIMEOUT_S) -> N
             raise LabError(f"agent at {agent.site.name} exited {agent.returncode}:\n{agent.log_text()[-3000:]}")
         if agent.socket.exists():
             try:
-                if any(e["kind"] == "started" for e in agent.request("show events")):
+                if _started_and_listening(agent):
                     return
             except (OSError, LabError, ValueError):
                 pass
         time.sleep(0.2)
     raise LabError(f"agent at {agent.site.name} not started within {timeout_s} s:\n{agent.log_text()[-3000:]}")
+
+
+def _started_and_listening(agent: AgentProcess) -> bool:
+    """'started', and the kernel event source its role needs is up (a Phase 3 hub's NFLOG hairpin reader, a
+    Phase 2 spoke's solicitation listener): traffic sent before that would find no redirect or resolution."""
+    events = agent.request("show events")
+    if not any(e["kind"] == "started" for e in events):
+        return False
+    view = agent.request("show dmvpn")
+    needed = {("hub", 3): "hairpin", ("spoke", 2): "solicitations"}.get((view["role"], view.get("phase")))
+    return needed is None or any(e["kind"] == needed and e["text"] == "listening" for e in events)
 
 
 def control_request(path: Path, command: str, timeout: float = 5.0) -> Any:
