@@ -66,3 +66,41 @@ def _wait_for_socket(path: Path, timeout_s: float, rundir: Path) -> None:
         time.sleep(0.2)
     log = (rundir / "charon.stdout").read_text(errors="replace")[-2000:] if (rundir / "charon.stdout").exists() else ""
     raise LabError(f"charon did not open {path} within {timeout_s} s; its output:\n{log}")
+
+
+def load_gre_trap_policy(vici: Path, site: Site, psk: str, conn: str = "dmvpn-trap", unique: str | None = None) -> None:
+    """FRR's way to protect an mGRE cloud with stock strongSwan (shared/notes/lab.md): one connection to any
+    peer whose CHILD_SA protects GRE in transport mode with ``start_action = trap``, a wildcard trap policy,
+    so each kernel acquire (a GRE packet to an NBMA address without an SA) starts IKE towards it. The
+    proposals are the ones our agent uses by default; the PSK applies to any peer. ``unique``: swanctl's
+    ``connections.<conn>.unique`` (charon's default when None)."""
+    import vici as vici_client  # the lab's reference setup, not the product's ipsec package
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(30.0)
+        sock.connect(str(vici))
+        session = vici_client.Session(sock)
+        session.load_shared({"id": "lab-psk", "type": "IKE", "data": psk, "owners": []})
+        session.load_conn(
+            {
+                conn: {
+                    "version": "2",
+                    "local_addrs": [str(site.nbma)],
+                    "remote_addrs": ["%any"],
+                    "proposals": ["aes256gcm16-prfsha256-ecp256"],
+                    "mobike": "no",
+                    **({"unique": unique} if unique else {}),
+                    "local": {"auth": "psk", "id": str(site.nbma)},
+                    "remote": {"auth": "psk"},
+                    "children": {
+                        "gre": {
+                            "mode": "transport",
+                            "local_ts": ["dynamic[gre]"],
+                            "remote_ts": ["dynamic[gre]"],
+                            "esp_proposals": ["aes256gcm16-ecp256"],
+                            "start_action": "trap",
+                        }
+                    },
+                }
+            }
+        )
