@@ -352,3 +352,18 @@ async def test_a_hairpin_reader_that_fails_to_start_is_started_again(cloud: Clou
         HairpinEvent(IPv4Address("10.1.1.10"), IPv4Address("10.1.2.10"), ipv4_header("10.1.1.10", "10.1.2.10"))
     )
     await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in cloud.dataplanes["spoke-1"].routes)
+
+
+async def test_phase2_on_demand_resolution_serves_both_directions(cloud: Cloud) -> None:
+    """The kernel at spoke-1 asks for spoke-2's tunnel address; spoke-1 resolves it and spoke-2, which
+    answered, can reach spoke-1 at once (its replies to the first packets go straight back)."""
+    from dmvpn.dataplane import Solicitation
+
+    await cloud.add(hub_config(ipsec=False, phase=2))
+    await cloud.add(spoke_config(1, ipsec=False, phase=2))
+    await cloud.add(spoke_config(2, ipsec=False, phase=2))
+    await wait_for(lambda: all(cloud.agents[s].engine.nhs[0].up for s in ("spoke-1", "spoke-2")))
+    cloud.agents["spoke-1"].on_solicitation(Solicitation(S2_TUNNEL, 7))
+    await wait_for(lambda: Neighbour(S2_TUNNEL, S2_NBMA) in cloud.dataplanes["spoke-1"].neighbours)
+    await wait_for(lambda: Neighbour(S1_TUNNEL, S1_NBMA) in cloud.dataplanes["spoke-2"].neighbours)
+    assert cloud.agents["spoke-2"].stats.solicitations == 0, "spoke-2 needed no resolution of its own"

@@ -67,6 +67,25 @@ def test_phase2_routes_peer_prefixes_via_peer_on_the_link() -> None:
     assert Neighbour(S2_TUNNEL, S2_NBMA) in resolved.neighbours
 
 
+def test_phase2_responder_uses_the_requesters_binding_for_its_replies() -> None:
+    """spoke-2 answered spoke-1's Resolution Request and cached spoke-1's binding (S bit): its replies to
+    spoke-1's first packets go to spoke-1's tunnel address directly (its Phase 2 route), so that binding
+    becomes a neighbour at once; before, the replies waited on a resolution of their own and were lost."""
+    requester = CacheEntry(
+        prefix=IPv4Network("10.255.0.1/32"), type=EntryType.CACHED, nbma=IPv4Address("192.0.2.11"),
+        next_hop=IPv4Address("10.255.0.1"), expires=100,
+    )  # fmt: skip
+    phase2 = plan.desired(spoke_config(2, ipsec=False, phase=2), [requester], {HUB_NBMA}, set(), 0)
+    assert Neighbour(IPv4Address("10.255.0.1"), IPv4Address("192.0.2.11")) in phase2.neighbours
+    with_ipsec = spoke_config(2, ipsec=True, phase=2)
+    assert (
+        Neighbour(IPv4Address("10.255.0.1"), IPv4Address("192.0.2.11"))
+        not in plan.desired(with_ipsec, [requester], {HUB_NBMA}, set(), 0).neighbours
+    ), "not before the SA to the requester is up"
+    phase3 = plan.desired(spoke_config(2, ipsec=False), [requester], {HUB_NBMA}, set(), 0)
+    assert Neighbour(IPv4Address("10.255.0.1"), IPv4Address("192.0.2.11")) not in phase3.neighbours
+
+
 def test_dual_hub_prefers_first_up_hub() -> None:
     second = HubPeer(nbma=IPv4Address("192.0.2.2"), tunnel_ip=IPv4Address("10.255.0.253"), name="hub-b")
     config = spoke_config(1)

@@ -36,8 +36,12 @@ def active_hub(config: NodeConfig, nhs_up: Collection[IPv4Address]) -> HubPeer |
 
 def shortcut_usable(entry: CacheEntry, config: NodeConfig, sa_up: Collection[IPv4Address], now: float) -> bool:
     """A resolved binding may carry traffic only once its IPsec SA is up (when IPsec is required):
-    installing it earlier would send packets into a missing SA and lose them while IKE runs."""
-    if entry.type != EntryType.SHORTCUT or entry.nbma is None or entry.next_hop is None or entry.expired(now):
+    installing it earlier would send packets into a missing SA and lose them while IKE runs.
+
+    Phase 2 also uses what a peer's Resolution Request told us (CACHED, the S bit): the reply to its first
+    packet must go straight back, since our route to its prefix points at its tunnel address, not the hub."""
+    kinds = (EntryType.SHORTCUT, EntryType.CACHED) if config.phase == 2 else (EntryType.SHORTCUT,)
+    if entry.type not in kinds or entry.nbma is None or entry.next_hop is None or entry.expired(now):
         return False
     if not isinstance(entry.nbma, IPv4Address) or not isinstance(entry.next_hop, IPv4Address):
         return False
