@@ -509,8 +509,9 @@ class KubeAgent:
         tasks = [asyncio.create_task(w.run(), name=f"watch {w.path}") for w in watchers]
         try:
             while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake(stop), self.poll_interval)
+                with contextlib.suppress(TimeoutError):  # timeout(), not wait_for: see Agent._timer_loop
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wake(stop)
                 if stop.is_set():
                     break
                 self.changed.clear()
@@ -790,6 +791,7 @@ async def _connect(kubeconfig: Path | None, stop: asyncio.Event) -> Connection |
         except Exception as error:  # the kubernetes client raises assorted types for a bad config
             log.error("cannot load the Kubernetes configuration: %s; retrying in %.0f s", error, backoff)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
+                async with asyncio.timeout(backoff):
+                    await stop.wait()
             backoff = min(backoff * 2, MAX_BACKOFF)
     return None
