@@ -29,8 +29,10 @@ STARTUP_TIMEOUT_S = 300.0  # importing pydantic + pyroute2 takes ~2 s here, far 
 
 
 def standalone_yaml(sites: Sequence[Site], *, ipsec: bool = True, phase: int = 3, idle_timeout: int = 300,
-                    hubs: int = 1, gre_key: int | None = 42, hold_time: int = 7200) -> str:  # fmt: skip
+                    hubs: int = 1, gre_key: int | None = 42, hold_time: int = 7200,
+                    unique: bool = True) -> str:  # fmt: skip
     """DMVPNHub/DMVPNSpoke documents for a lab whose first ``hubs`` sites are hubs."""
+    no_unique = "" if unique else ", uniqueRegistration: false"
     ipsec_block = "  ipsec:\n    psk:\n      secretRef: {name: dmvpn-psk}\n" if ipsec else "  ipsec: {mode: disabled}\n"
     key = f"    greKey: {gre_key}\n" if gre_key is not None else ""
     docs: list[str] = []
@@ -50,7 +52,7 @@ def standalone_yaml(sites: Sequence[Site], *, ipsec: bool = True, phase: int = 3
             f"apiVersion: dmvpn.io/v1alpha1\nkind: DMVPNSpoke\nmetadata: {{name: {spoke.name}}}\nspec:\n"
             f"  nodeName: {spoke.name}\n  nbma: {{address: {spoke.nbma}}}\n"
             f"  tunnel:\n    address: {spoke.tunnel_ip}/24\n{key}"
-            f"  nhrp: {{phase: {phase}, shortcutIdleTimeout: {idle_timeout}, holdTime: {hold_time}}}\n"
+            f"  nhrp: {{phase: {phase}, shortcutIdleTimeout: {idle_timeout}, holdTime: {hold_time}{no_unique}}}\n"
             f"{ipsec_block}  sitePrefixes: [{spoke.lan}]\n  hubs:\n{hub_refs}"
         )
     return "---\n".join(docs)

@@ -1,0 +1,81 @@
+"""A spoke whose NBMA address changes, with real agents in the kernel lab (hub + 2 spokes, plain GRE,
+10 ms one-way delay, `uniqueRegistration: false` as IOS `ip nhrp registration no-unique`).
+
+spoke2 moves from 192.0.2.12 to 192.0.2.52 (its address changes, its agent restarts with the new
+`spec.nbma.address`, as kube mode does when the Node address changes): it re-registers, the hub rebinds it
+and purges spoke1's shortcut to the old address, and new traffic rebuilds the shortcut to the new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from ipaddress import IPv4Address
+
+import pytest
+
+from dmvpn.lab.agents import AgentLab
+from dmvpn.lab.topology import Lab, Site, hub_and_spokes, ping
+
+pytestmark = pytest.mark.kernel
+
+DELAY_MS = 10.0
+MOVED = IPv4Address("192.0.2.52")
+
+
+def hub_binding(agents: AgentLab, tunnel_ip: str) -> str | None:
+    rows = agents.agents["hub"].request("show nhrp")
+    return next((r["nbma"] for r in rows if r["protocol"] == tunnel_ip and r["type"] == "dynamic"), None)
+
+
+def kernel_neighbour(site: Site, tunnel_ip: str) -> str | None:
+    rows = json.loads(site.ns.run("ip", "-j", "neigh", "show", "dev", "dmvpn0", "to", tunnel_ip) or "[]")
+    return rows[0].get("lladdr") if rows else None
+
+
+def until(check: object, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not check():  # type: ignore[operator]
+        time.sleep(0.3)
+
+
+def test_a_spoke_that_moves_to_a_new_nbma_is_rebound_and_shortcuts_are_rebuilt(lab: Lab) -> None:
+    hub, spoke1, spoke2 = hub_and_spokes(lab, spokes=2, delay_ms=DELAY_MS)
+    assert spoke1.pod is not None and spoke2.pod is not None
+    agents = AgentLab(lab, [hub, spoke1, spoke2], ipsec=False, unique=False)
+    agents.start_all()
+    agents.wait_registered()
+    assert ping(spoke1.pod, str(spoke2.pod_ip), count=40, interval=0.05)[1] >= 38
+    before = agents.wait_shortcut("spoke1", str(spoke2.tunnel_ip))
+    assert before["nbma"] == str(spoke2.nbma)
+
+    # spoke2 moves: a new underlay address, and its agent restarted with it
+    agents.agents["spoke2"].kill()
+    # (delete first: removing a subnet's primary address takes its secondaries with it)
+    spoke2.ns.run("ip", "addr", "del", f"{spoke2.nbma}/24", "dev", "eth0")
+    spoke2.ns.run("ip", "addr", "add", f"{MOVED}/24", "dev", "eth0")
+    moved = dataclasses.replace(spoke2, nbma=MOVED)
+    relaunched = AgentLab(lab, [hub, spoke1, moved], ipsec=False, unique=False)
+    agent = relaunched.start_agent(moved)
+    agents.agents["spoke2"] = agent
+
+    until(lambda: hub_binding(agents, str(spoke2.tunnel_ip)) == str(MOVED), 60)
+    assert hub_binding(agents, str(spoke2.tunnel_ip)) == str(MOVED), agents.agents["hub"].request("show nhrp")
+    assert kernel_neighbour(hub, str(spoke2.tunnel_ip)) == str(MOVED)
+    # the hub purged spoke1's shortcut to the address that is gone
+    until(lambda: not agents.shortcuts("spoke1"), 30)
+    events = [(e["kind"], e["text"]) for e in agents.agents["spoke1"].request("show events")]
+    assert not agents.shortcuts("spoke1"), f"the stale shortcut must go: {events[-10:]}"
+    assert kernel_neighbour(spoke1, str(spoke2.tunnel_ip)) != str(spoke2.nbma)
+    assert agents.agents["hub"].request("show counters")["events"].get("registration_moved", 0) >= 1
+
+    # new traffic: via the hub, then a shortcut to the new address
+    deadline = time.monotonic() + 60
+    rebuilt: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not rebuilt:
+        ping(spoke1.pod, str(spoke2.pod_ip), count=20, interval=0.05)
+        rebuilt = [p for p in agents.shortcuts("spoke1") if p["nbma"] == str(MOVED) and p["state"] == "up"]
+    assert rebuilt, f"no shortcut to the new address: {agents.shortcuts('spoke1')}"
+    assert kernel_neighbour(spoke1, str(spoke2.tunnel_ip)) == str(MOVED)
+    assert ping(spoke1.pod, str(spoke2.pod_ip), count=20, interval=0.05) == (20, 20)
