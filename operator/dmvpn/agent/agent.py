@@ -644,6 +644,9 @@ class Agent:
             await self.ipsec.remove_peer(nbma)
         except Exception as error:
             self.stats.last_error = f"ipsec remove_peer {nbma}: {error}"
+            self.event("ike-failed", f"removing the SA to {nbma}: {error}")
+            return
+        self.event("ike", f"removed the SA to {nbma}")
 
     # --- hub redirect and Phase 2 ----------------------------------------------------------------------
 
