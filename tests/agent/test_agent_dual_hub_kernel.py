@@ -15,17 +15,13 @@ import time
 import pytest
 
 from dmvpn.lab.agents import AgentLab
-from dmvpn.lab.topology import Lab, Site, hub_and_spokes, ping
+from dmvpn.lab.topology import Lab, Site, hub_and_spokes, ping, tunnel_rx
 
 pytestmark = pytest.mark.kernel
 
 DELAY_MS = 10.0
 HOLD_S = 60
 SUMMARY = "10.1.0.0/16"
-
-
-def gre_rx(site: Site) -> int:
-    return site.ns.link_stats("dmvpn0")["rx"]
 
 
 def route_gateway(site: Site, prefix: str) -> str | None:
@@ -87,8 +83,8 @@ def test_dual_hub_failover_keeps_existing_shortcuts(lab: Lab) -> None:
     assert received == sent, f"the existing shortcut must keep forwarding through the outage: {summary}"
 
     # After the failover: the shortcut still carries spoke traffic (hub2 sees none of it), hub2's LAN works.
-    before = gre_rx(hub2)
+    before = tunnel_rx(hub2)
     assert ping(spoke1.pod, str(spoke2.pod_ip), count=20, interval=0.05) == (20, 20)
-    assert gre_rx(hub2) - before <= 2
+    assert tunnel_rx(hub2) - before <= 2
     assert agents.shortcuts("spoke1"), "the shortcut survived"
     assert ping(spoke1.pod, str(hub2.pod_ip), count=5, interval=0.1) == (5, 5)

@@ -9,15 +9,11 @@ import time
 import pytest
 
 from dmvpn.lab.agents import AgentLab
-from dmvpn.lab.topology import Lab, Netns, Site, hub_and_spokes, ping
+from dmvpn.lab.topology import Lab, Netns, hub_and_spokes, ping, tunnel_rx
 
 pytestmark = pytest.mark.kernel
 
 DELAY_MS = 10.0
-
-
-def gre_rx(site: Site) -> int:
-    return site.ns.link_stats("dmvpn0")["rx"]
 
 
 def flood_ping(pod: Netns, dst: str, count: int, interval: float = 0.05) -> tuple[int, int]:
@@ -39,18 +35,18 @@ def test_phase3_ipsec_shortcut_without_loss_then_restart(lab: Lab) -> None:
     time.sleep(1.0)
 
     # 1. pod-to-pod across spokes: first via the hub, then direct, nothing lost in the switch
-    before = gre_rx(hub)
+    before = tunnel_rx(hub)
     sent, received = flood_ping(spoke1.pod, str(spoke2.pod_ip), count=60)
-    via_hub = gre_rx(hub) - before
+    via_hub = tunnel_rx(hub) - before
     assert received == sent, f"lost {sent - received} of {sent} pings while the shortcut formed"
     assert via_hub > 0, "the first packets must go via the hub"
     shortcut = agents.wait_shortcut("spoke1", timeout_s=20)
     assert shortcut["tunnel"] == str(spoke2.tunnel_ip) and shortcut["ipsec"] == "up"
 
-    before = gre_rx(hub)
+    before = tunnel_rx(hub)
     sent, received = flood_ping(spoke1.pod, str(spoke2.pod_ip), count=20)
     assert received == sent
-    assert gre_rx(hub) - before <= 2, "after the shortcut, pod traffic must bypass the hub"
+    assert tunnel_rx(hub) - before <= 2, "after the shortcut, pod traffic must bypass the hub"
     # both directions: spoke2's replies hairpinned too, so spoke2 built its own shortcut to spoke1
     reverse = agents.wait_shortcut("spoke2", timeout_s=20)
     assert reverse["tunnel"] == str(spoke1.tunnel_ip)

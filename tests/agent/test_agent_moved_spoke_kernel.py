@@ -9,14 +9,13 @@ and purges spoke1's shortcut to the old address, and new traffic rebuilds the sh
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from ipaddress import IPv4Address
 
 import pytest
 
 from dmvpn.lab.agents import AgentLab
-from dmvpn.lab.topology import Lab, Site, hub_and_spokes, ping
+from dmvpn.lab.topology import Lab, hub_and_spokes, ping, tunnel_neighbour
 
 pytestmark = pytest.mark.kernel
 
@@ -27,11 +26,6 @@ MOVED = IPv4Address("192.0.2.52")
 def hub_binding(agents: AgentLab, tunnel_ip: str) -> str | None:
     rows = agents.agents["hub"].request("show nhrp")
     return next((r["nbma"] for r in rows if r["protocol"] == tunnel_ip and r["type"] == "dynamic"), None)
-
-
-def kernel_neighbour(site: Site, tunnel_ip: str) -> str | None:
-    rows = json.loads(site.ns.run("ip", "-j", "neigh", "show", "dev", "dmvpn0", "to", tunnel_ip) or "[]")
-    return rows[0].get("lladdr") if rows else None
 
 
 def until(check: object, timeout_s: float) -> None:
@@ -62,12 +56,12 @@ def test_a_spoke_that_moves_to_a_new_nbma_is_rebound_and_shortcuts_are_rebuilt(l
 
     until(lambda: hub_binding(agents, str(spoke2.tunnel_ip)) == str(MOVED), 60)
     assert hub_binding(agents, str(spoke2.tunnel_ip)) == str(MOVED), agents.agents["hub"].request("show nhrp")
-    assert kernel_neighbour(hub, str(spoke2.tunnel_ip)) == str(MOVED)
+    assert tunnel_neighbour(hub, str(spoke2.tunnel_ip)) == str(MOVED)
     # the hub purged spoke1's shortcut to the address that is gone
     until(lambda: not agents.shortcuts("spoke1"), 30)
     events = [(e["kind"], e["text"]) for e in agents.agents["spoke1"].request("show events")]
     assert not agents.shortcuts("spoke1"), f"the stale shortcut must go: {events[-10:]}"
-    assert kernel_neighbour(spoke1, str(spoke2.tunnel_ip)) != str(spoke2.nbma)
+    assert tunnel_neighbour(spoke1, str(spoke2.tunnel_ip)) != str(spoke2.nbma)
     assert agents.agents["hub"].request("show counters")["events"].get("registration_moved", 0) >= 1
 
     # new traffic: via the hub, then a shortcut to the new address
@@ -77,5 +71,5 @@ def test_a_spoke_that_moves_to_a_new_nbma_is_rebound_and_shortcuts_are_rebuilt(l
         ping(spoke1.pod, str(spoke2.pod_ip), count=20, interval=0.05)
         rebuilt = [p for p in agents.shortcuts("spoke1") if p["nbma"] == str(MOVED) and p["state"] == "up"]
     assert rebuilt, f"no shortcut to the new address: {agents.shortcuts('spoke1')}"
-    assert kernel_neighbour(spoke1, str(spoke2.tunnel_ip)) == str(MOVED)
+    assert tunnel_neighbour(spoke1, str(spoke2.tunnel_ip)) == str(MOVED)
     assert ping(spoke1.pod, str(spoke2.pod_ip), count=20, interval=0.05) == (20, 20)

@@ -15,26 +15,17 @@ import time
 import pytest
 
 from dmvpn.lab.agents import AgentLab
-from dmvpn.lab.topology import Lab, Site, hub_and_spokes, ping
+from dmvpn.lab.topology import Lab, Site, hub_and_spokes, ping, tunnel_neighbour, tunnel_rx
 
 pytestmark = pytest.mark.kernel
 
 DELAY_MS = 10.0
 
 
-def gre_rx(site: Site) -> int:
-    return site.ns.link_stats("dmvpn0")["rx"]
-
-
 def kernel_routes(site: Site) -> dict[str, str]:
     """dst -> gateway ('' on the link) of the routes on the tunnel device."""
     rows = json.loads(site.ns.run("ip", "-j", "-4", "route", "show", "dev", "dmvpn0") or "[]")
     return {row["dst"]: row.get("gateway", "") for row in rows}
-
-
-def kernel_neighbour(site: Site, tunnel_ip: str) -> str | None:
-    rows = json.loads(site.ns.run("ip", "-j", "neigh", "show", "dev", "dmvpn0", "to", tunnel_ip) or "[]")
-    return rows[0].get("lladdr") if rows else None
 
 
 def test_phase1_everything_via_the_hub_then_phase2_resolves_on_demand(lab: Lab) -> None:
@@ -47,9 +38,9 @@ def test_phase1_everything_via_the_hub_then_phase2_resolves_on_demand(lab: Lab) 
     phase1.wait_registered()
     routes = kernel_routes(spoke1)
     assert routes.get(str(spoke2.lan)) == str(hub.tunnel_ip), routes
-    before = gre_rx(hub)
+    before = tunnel_rx(hub)
     sent, received = ping(spoke1.pod, str(spoke2.pod_ip), count=40, interval=0.05)
-    crossed_hub = gre_rx(hub) - before
+    crossed_hub = tunnel_rx(hub) - before
     assert received == sent, f"Phase 1 lost {sent - received} of {sent} pings"
     assert crossed_hub >= 2 * sent, f"every echo and reply crosses the hub in Phase 1 ({crossed_hub} for {sent})"
     time.sleep(2.0)
@@ -57,7 +48,7 @@ def test_phase1_everything_via_the_hub_then_phase2_resolves_on_demand(lab: Lab) 
     hub_counters = phase1.agents["hub"].request("show counters")
     assert hub_counters["packets_out"].get("traffic_indication", 0) == 0, "no redirect in Phase 1"
     assert hub_counters["packets_in"].get("resolution_request", 0) == 0, "no resolution in Phase 1"
-    assert kernel_neighbour(spoke1, str(spoke2.tunnel_ip)) is None
+    assert tunnel_neighbour(spoke1, str(spoke2.tunnel_ip)) is None
 
     # --- Phase 2: the same objects set to phase 2; agents restarted (kill -9 first: nothing flushed).
     for agent in phase1.agents.values():
@@ -75,19 +66,19 @@ def test_phase1_everything_via_the_hub_then_phase2_resolves_on_demand(lab: Lab) 
 
     # The first packet to spoke2's prefix makes the kernel ask for the next hop's NBMA address; the agent
     # resolves it through the hub and answers; traffic then flows spoke to spoke, never via the hub.
-    before = gre_rx(hub)
+    before = tunnel_rx(hub)
     sent, received = ping(spoke1.pod, str(spoke2.pod_ip), count=40, interval=0.05)
     events = [(e["kind"], e["text"]) for e in phase2.agents["spoke1"].request("show events")][-12:]
     assert received >= sent - 1, f"Phase 2 lost {sent - received} of {sent} pings while resolving: {events}"
-    assert kernel_neighbour(spoke1, str(spoke2.tunnel_ip)) == str(spoke2.nbma)
+    assert tunnel_neighbour(spoke1, str(spoke2.tunnel_ip)) == str(spoke2.nbma)
     counters = phase2.agents["spoke1"].request("show counters")
     assert counters["agent"]["solicitations"] >= 1, counters["agent"]
     assert counters["packets_out"].get("resolution_request", 0) >= 1
-    via_hub_while_resolving = gre_rx(hub) - before
-    before = gre_rx(hub)
+    via_hub_while_resolving = tunnel_rx(hub) - before
+    before = tunnel_rx(hub)
     sent, received = ping(spoke1.pod, str(spoke2.pod_ip), count=20, interval=0.05)
     assert received == sent
-    assert gre_rx(hub) - before <= 2, "resolved: pod traffic goes spoke to spoke"
+    assert tunnel_rx(hub) - before <= 2, "resolved: pod traffic goes spoke to spoke"
     # only NHRP (a resolution and its forwarding) crossed the hub, never the pings themselves
     assert via_hub_while_resolving < sent, via_hub_while_resolving
     rows = phase2.agents["spoke1"].request("show nhrp")

@@ -20,7 +20,7 @@ import pytest
 from cnitest import Node, ip_json, need_host_prerequisites
 
 from dmvpn.lab.agents import AgentLab
-from dmvpn.lab.topology import Lab, Netns, Site, hub_and_spokes, ping
+from dmvpn.lab.topology import Lab, Netns, Site, hub_and_spokes, ping, tunnel_rx
 
 pytestmark = pytest.mark.kernel
 
@@ -59,10 +59,6 @@ def fragmentation_counters(ns: Netns) -> dict[str, int]:
     return {name: counters[name] for name in ("FragCreates", "FragFails", "ReasmReqds")}
 
 
-def gre_rx(site: Site) -> int:
-    return site.ns.link_stats("dmvpn0")["rx"]
-
-
 def test_cni_pods_on_two_spokes_reach_each_other_at_full_mtu_via_hub_then_direct(lab: Lab) -> None:
     need_host_prerequisites()
     hub, spoke1, spoke2 = hub_and_spokes(lab, spokes=2, delay_ms=DELAY_MS, with_pods=False)
@@ -98,20 +94,20 @@ def test_cni_pods_on_two_spokes_reach_each_other_at_full_mtu_via_hub_then_direct
     fragments_before = {site.name: fragmentation_counters(site.ns) for site in (hub, spoke1, spoke2)}
 
     # 2. full-size packets, first via the hub (its GRE counter moves) while the shortcut forms, nothing lost
-    before = gre_rx(hub)
+    before = tunnel_rx(hub)
     sent, received = ping(pod1, dst, count=40, interval=0.05, size=full_size)
-    via_hub = gre_rx(hub) - before
+    via_hub = tunnel_rx(hub) - before
     assert received == sent, f"lost {sent - received} of {sent} full-size pings via the hub / while switching"
     assert via_hub > 0, "the first packets must go via the hub"
     shortcut = agents.wait_shortcut("spoke1")
     assert shortcut["tunnel"] == str(spoke2.tunnel_ip) and shortcut["ipsec"] == "up", shortcut
 
     # 3. then directly: the hub sees (almost) nothing of 20 full-size pings in each direction
-    before = gre_rx(hub)
+    before = tunnel_rx(hub)
     sent, received = ping(pod1, dst, count=20, interval=0.05, size=full_size)
     sent_back, received_back = ping(pods["spoke2"], addresses["spoke1"], count=20, interval=0.05, size=full_size)
     assert (received, received_back) == (sent, sent_back), "full-size pings lost on the direct path"
-    assert gre_rx(hub) - before <= 2, "after the shortcut, pod traffic must bypass the hub"
+    assert tunnel_rx(hub) - before <= 2, "after the shortcut, pod traffic must bypass the hub"
 
     # 4. no fragment made or reassembled anywhere, and one byte more is refused at the pod (DF, MTU)
     for site in (hub, spoke1, spoke2):

@@ -278,6 +278,19 @@ def ping(
     raise LabError(f"ping in {ns.name} printed no summary: {out.strip() or 'nothing (is iputils-ping installed?)'}")
 
 
+def tunnel_rx(site: Site, dev: str = "dmvpn0") -> int:
+    """Packets a site's tunnel device received: how the lab tells which path traffic took."""
+    return site.ns.link_stats(dev)["rx"]
+
+
+def tunnel_neighbour(site: Site, tunnel_ip: str, dev: str = "dmvpn0") -> str | None:
+    """The NBMA address the kernel maps ``tunnel_ip`` to on the tunnel device, if any."""
+    import json
+
+    rows = json.loads(site.ns.run("ip", "-j", "neigh", "show", "dev", dev, "to", tunnel_ip) or "[]")
+    return rows[0].get("lladdr") if rows else None
+
+
 def neighbour(site: Site, peer: Site, dev: str = "gre1") -> None:
     """A static mGRE neighbour: the peer's tunnel address maps to its NBMA address."""
     site.ns.run(
