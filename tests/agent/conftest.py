@@ -16,6 +16,7 @@ import pytest
 from dmvpn.agent.agent import Agent
 from dmvpn.agent.config import HubPeer, IpsecSettings, NodeConfig, PeerSpoke
 from dmvpn.dataplane import (
+    Changes,
     Neighbour,
     ReconcileReport,
     Route,
@@ -89,6 +90,7 @@ class FakeDataplane:
     routes: set[Route] = field(default_factory=set)
     history: list[tuple[float, str, Any]] = field(default_factory=list)
     fail_next: int = 0
+    incremental: int = 0  # passes that came through apply_changes
 
     async def open(self) -> None:
         pass
@@ -124,6 +126,16 @@ class FakeDataplane:
         now = asyncio.get_running_loop().time()
         self.history += [(now, "+route", r) for r in added] + [(now, "-route", r) for r in removed]
         return ReconcileReport(added=tuple(added), removed=tuple(removed))
+
+    async def apply_changes(self, changes: Changes) -> ReconcileReport[Route]:
+        """The incremental path: the same history entries as a full pass would log."""
+        self.incremental += 1
+        neighbours = {n for n in self.neighbours if n.tunnel_ip not in {c.tunnel_ip for c in changes.set_neighbours}}
+        await self.reconcile_neighbours((neighbours | set(changes.set_neighbours)) - set(changes.remove_neighbours))
+        keys = {(r.prefix, r.metric) for r in changes.change_routes + changes.remove_routes}
+        routes = {r for r in self.routes if (r.prefix, r.metric) not in keys}
+        report = await self.reconcile_routes(routes | set(changes.add_routes) | set(changes.change_routes))
+        return ReconcileReport(added=changes.add_routes, replaced=changes.change_routes, removed=report.removed)
 
     async def snapshot(self) -> Snapshot:
         return Snapshot(device=None, neighbours=tuple(sorted(self.neighbours)), routes=tuple(sorted(self.routes)))

@@ -179,7 +179,23 @@ async def test_reconcile_failure_is_retried(cloud: Cloud) -> None:
     await cloud.add(hub_config(ipsec=False), dataplane=FakeDataplane(fail_next=1))
     await cloud.add(spoke_config(1, ipsec=False))
     await wait_for(lambda: Route(S1_LAN, via=S1_TUNNEL) in cloud.dataplanes["hub"].routes, limit=5)
-    assert cloud.agents["hub"].stats.reconcile_errors == 1
+    hub = cloud.agents["hub"]
+    assert hub.stats.reconcile_errors == 1 and hub.stats.full_reconciles == 1
+    cloud.dataplanes["hub"].fail_next = 1  # an incremental pass fails next
+    await cloud.add(spoke_config(2, ipsec=False))
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in cloud.dataplanes["hub"].routes, limit=5)
+    assert hub.stats.reconcile_errors == 2
+    assert hub.stats.full_reconciles == 2, "after a failed write the next pass compares against the kernel"
+
+
+async def test_changes_after_the_first_pass_are_written_incrementally(cloud: Cloud) -> None:
+    await registered_cloud(cloud, ipsec=False)
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in cloud.dataplanes["spoke-1"].routes)
+    spoke1 = cloud.agents["spoke-1"]
+    assert spoke1.stats.full_reconciles == 1, "only the pass after the start dumps the kernel's tables"
+    assert cloud.dataplanes["spoke-1"].incremental >= 1
+    assert spoke1.installed == spoke1.desired()
 
 
 async def test_dual_hub_failover_keeps_shortcuts(cloud: Cloud) -> None:

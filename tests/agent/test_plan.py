@@ -149,3 +149,30 @@ def test_adoption_rebuilds_shortcuts_and_registrations() -> None:
     }
     hub = plan.adopted_entries(hub_config(), [Neighbour(S2_TUNNEL, S2_NBMA)], [Route(S2_LAN, via=S2_TUNNEL)], 0)
     assert {e.type for e in hub} == {EntryType.DYNAMIC} and len(hub) == 2
+
+
+def test_changes_write_only_the_difference_and_never_replace_a_conflicted_key() -> None:
+    peer = Neighbour(IPv4Address("10.255.0.2"), IPv4Address("192.0.2.12"))
+    moved = Neighbour(peer.tunnel_ip, IPv4Address("192.0.2.99"))
+    gone = Neighbour(IPv4Address("10.255.0.3"), IPv4Address("192.0.2.13"))
+    lan, other, old, new = (IPv4Network(f"10.{i}.0.0/16") for i in (2, 88, 3, 4))
+    before = plan.Desired(
+        frozenset({peer, gone}),
+        frozenset(
+            {Route(lan, via=peer.tunnel_ip), Route(other, via=peer.tunnel_ip), Route(IPv4Network("10.3.0.0/16"))}
+        ),
+    )
+    after = plan.Desired(
+        frozenset({moved}),
+        frozenset(
+            {Route(lan, via=gone.tunnel_ip), Route(other, via=gone.tunnel_ip), Route(IPv4Network("10.4.0.0/16"))}
+        ),
+    )
+    diff = plan.changes(before, after, conflicts={(other, 0)})
+    assert diff.set_neighbours == (moved,) and diff.remove_neighbours == (gone,)
+    assert diff.change_routes == (Route(lan, via=gone.tunnel_ip),), "a key we installed is replaced in place"
+    assert diff.add_routes == (Route(new), Route(other, via=gone.tunnel_ip)), (
+        "a key a foreign route held is only ever created, never replaced"
+    )
+    assert diff.remove_routes == (Route(old),)
+    assert not plan.changes(after, after), "nothing to write when nothing changed"

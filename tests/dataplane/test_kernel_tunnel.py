@@ -12,6 +12,7 @@ from dplab import DEV, KEY, BackgroundPing, hub_desired, kernel_view, site_confi
 
 from dmvpn.dataplane import (
     RTPROT_DMVPN,
+    Changes,
     Dataplane,
     DataplaneError,
     DeviceConflict,
@@ -92,6 +93,28 @@ async def test_create_adopt_reconcile_idempotent_and_changed_params(lab: Lab) ->
         assert str(spoke1.tunnel_ip) + " " not in neigh_text
         route_text = ns.run("ip", "route")
         assert "10.77.0.0/16 via 10.255.0.77" in route_text and "10.88.0.0/16 dev gre1" in route_text
+
+        # Incremental changes (the agent's path between full passes): only the writes asked for, no dump;
+        # a new key a foreign route holds stays foreign, and deletes name our protocol, so they never
+        # take a foreign route or binding with them.
+        back = Neighbour(spoke1.tunnel_ip, spoke1.nbma)
+        lan, clash = Route(spoke1.lan, via=back.tunnel_ip), Route(IPv4Network("10.88.0.0/16"), via=back.tunnel_ip)
+        writes = dp.writes
+        grown = await dp.apply_changes(Changes(set_neighbours=(back,), add_routes=(lan, clash)))
+        assert grown.added == (lan,) and grown.conflicts == (clash,) and dp.writes - writes == 3
+        assert set(await dp.neighbours()) == {moved, back} and set(await dp.routes()) == {Route(TUNNEL_NET), lan}
+        assert "10.88.0.0/16 dev gre1 " in ns.run("ip", "route") + " "
+        turned = Route(spoke1.lan, via=moved.tunnel_ip)
+        foreign_binding = Neighbour(IPv4Address("10.255.0.77"), IPv4Address("203.0.113.77"))
+        shrunk = await dp.apply_changes(
+            Changes(change_routes=(turned,), remove_routes=(clash,), remove_neighbours=(back, foreign_binding))
+        )
+        assert shrunk.replaced == (turned,) and shrunk.removed == ()
+        assert set(await dp.routes()) == {Route(TUNNEL_NET), turned} and await dp.neighbours() == (moved,)
+        assert "10.255.0.77 lladdr 203.0.113.77" in ns.run("ip", "neigh", "show", "dev", DEV)
+        assert "10.88.0.0/16 dev gre1" in ns.run("ip", "route")
+        assert (await dp.apply_changes(Changes(remove_routes=(turned,)))).removed == (turned,)
+        assert await dp.routes() == (Route(TUNNEL_NET),)
 
         # Changed parameters: MTU and TTL in place (neighbours survive), then the key.
         dp.config = site_config(hub, mtu=1300, ttl=32)

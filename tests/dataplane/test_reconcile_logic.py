@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from dmvpn.dataplane import DataplaneError, DeviceConflict, Neighbour, Route, TunnelAction, TunnelConfig
+from dmvpn.dataplane import Changes, DataplaneError, DeviceConflict, Neighbour, Route, TunnelAction, TunnelConfig
 from dmvpn.dataplane import neighbours as neigh_ops
 from dmvpn.dataplane import routes as route_ops
 from dmvpn.dataplane import tunnel as tunnel_ops
@@ -119,8 +119,16 @@ class FakeRtnl(Rtnl):
         self.route_table[(prefix, metric)] = self._entry(prefix, via, oif, metric, proto)
 
     async def delete_route(self, route: RouteEntry) -> bool:
+        """Like the kernel, a delete that names a protocol and device matches only such a route."""
         self._record(f"route - {route.prefix}")
-        return self.route_table.pop((route.prefix, route.metric), None) is not None
+        entry = self.route_table.get((route.prefix, route.metric))
+        if entry is None or entry.proto != route.proto or (route.oif is not None and entry.oif != route.oif):
+            return False
+        del self.route_table[(route.prefix, route.metric)]
+        return True
+
+    async def neighbour(self, index: int, dst: IPv4Address) -> NeighEntry | None:
+        return self.neigh.get(dst)
 
 
 def config(**overrides: object) -> TunnelConfig:
@@ -256,3 +264,25 @@ async def test_routes_of_another_device_are_not_ours() -> None:
     rtnl.route_table[(other.prefix, 0)] = other
     report = await route_ops.reconcile(rtnl, DEV, [], OURS)
     assert not report.changed and (other.prefix, 0) in rtnl.route_table
+
+
+async def test_incremental_changes_write_only_what_changed_and_leave_foreign_entries_alone() -> None:
+    rtnl = FakeRtnl()
+    foreign = RouteEntry(IPv4Network("10.88.0.0/16"), None, DEV, 0, 4, RT_SCOPE_LINK, False, RT_TABLE_MAIN)
+    rtnl.route_table[(foreign.prefix, 0)] = foreign
+    rtnl.neigh[A("10.255.0.77")] = NeighEntry(A("10.255.0.77"), A("203.0.113.7"), NUD_PERMANENT, 0)
+    peer = n("10.255.0.2", "192.0.2.12")
+    lan = Route(IPv4Network("10.2.0.0/16"), via=peer.tunnel_ip)
+    clash = Route(foreign.prefix, via=peer.tunnel_ip)
+    first = await route_ops.apply(rtnl, DEV, Changes(add_routes=(lan, clash)), OURS)
+    await neigh_ops.set_all(rtnl, DEV, [peer], OURS)
+    assert first.added == (lan,) and first.conflicts == (clash,)
+    assert rtnl.route_table[(foreign.prefix, 0)] == foreign, "create-only: the foreign route keeps its key"
+    assert rtnl.log == ["route + 10.2.0.0/16", "route + 10.88.0.0/16", "neigh 10.255.0.2 192.0.2.12"]
+    moved = Route(lan.prefix, via=A("10.255.0.3"))
+    second = await route_ops.apply(rtnl, DEV, Changes(change_routes=(moved,), remove_routes=(clash,)), OURS)
+    assert second.replaced == (moved,) and second.removed == (), "a delete names our protocol: not the foreign one"
+    assert rtnl.route_table[(lan.prefix, 0)].gateway == A("10.255.0.3")
+    assert rtnl.route_table[(foreign.prefix, 0)] == foreign
+    removed = await neigh_ops.remove_ours(rtnl, DEV, [peer, n("10.255.0.77", "203.0.113.7")], OURS)
+    assert removed == (peer,) and A("10.255.0.77") in rtnl.neigh, "a foreign binding is never deleted"

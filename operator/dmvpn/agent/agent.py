@@ -3,7 +3,8 @@
 Event sources (NHRP packets, engine timers, SA events, hairpin NFLOG events, Phase 2 solicitations)
 feed the sans-IO NHRP engine; its actions are carried out here. Kernel state is level-triggered: any
 change marks the agent dirty and one reconcile task recomputes the whole desired set
-(:mod:`dmvpn.agent.plan`) and lets the data plane write only the differences.
+(:mod:`dmvpn.agent.plan`) and writes only its difference from what it installed last; a full pass
+against the kernel's own tables follows a start, a failed write and every quiet minute.
 
 IPsec ordering (mode ``required``): no NHRP packet leaves towards a peer before its SA is up (the
 nftables guard would drop it in clear): such sends wait in a small per-peer queue while IKE runs. A
@@ -50,6 +51,7 @@ PENDING_SEND_TTL = 10.0  # seconds an NHRP packet may wait for its peer's SA bef
 PENDING_SEND_MAX = 16  # per peer
 HUB_SA_WAIT = 5.0  # seconds a starting spoke waits for its hubs' SAs before registering anyway
 EVENTS_KEPT = 500
+FULL_RECONCILE_EVERY = 60.0  # seconds without a change before a full pass checks the kernel's tables
 _TYPE_OFFSET = 17
 
 
@@ -89,6 +91,7 @@ class PeerUsage:
 @dataclass
 class AgentStats:
     reconciles: int = 0
+    full_reconciles: int = 0
     reconcile_errors: int = 0
     shortcuts_created: int = 0
     shortcuts_expired: int = 0
@@ -139,6 +142,8 @@ class Agent:
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self.started_wall = wallclock()
         self.installed = plan.Desired()
+        self._full_due = True  # the first pass compares against the kernel
+        self._route_conflicts: set[plan.RouteKey] = set()
         self._sas: list[IkeSaInfo] = []
         self.sas_at: float | None = None  # when the SA list (and its byte counters) was sampled
         self.peer_since: dict[IPv4Address, float] = {}  # wall time a peer binding appeared
@@ -532,28 +537,61 @@ class Agent:
 
     async def _reconcile_loop(self) -> None:
         while True:
-            await self._dirty.wait()
+            # Woken by a change, or after FULL_RECONCILE_EVERY quiet seconds for a full pass that repairs
+            # what someone changed behind our back (asyncio.timeout: see _timer_loop).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FULL_RECONCILE_EVERY):
+                    await self._dirty.wait()
+            if not self._dirty.is_set():
+                self._full_due = True
             self._dirty.clear()
             await self.reconcile_once()
 
     async def reconcile_once(self) -> bool:
+        """Bring the kernel to :meth:`desired`. Normally only the difference from :attr:`installed` is
+        written, with no dump (a new shortcut costs a neighbour and a route write, so the path switches
+        within milliseconds of its SA); after a start, a failure, or a quiet period, a full pass compares
+        against the kernel's own tables instead."""
         want = self.desired()
-        if want == self.installed:
+        full = self._full_due
+        if want == self.installed and not full:
             return True
         try:
-            await self.dataplane.reconcile_neighbours(want.neighbours)
-            await self.dataplane.reconcile_routes(want.routes)
+            conflicts = await (self._write_all(want) if full else self._write_changes(want))
         except (DataplaneError, OSError) as error:
+            self._full_due = True  # what the failed pass wrote is unknown: compare against the kernel
             self.stats.reconcile_errors += 1
             self.stats.last_error = f"reconcile: {error}"
             self.observer.reconcile_error()
             log.warning("reconcile failed (retrying in 1 s): %s", error)
             self._spawn(self._redo_later(1.0))
             return False
+        self._full_due = False
         self.stats.reconciles += 1
+        if full:
+            self.stats.full_reconciles += 1
+        self._note_conflicts(conflicts)
         self._log_route_changes(self.installed, want)
         self.installed = want
         return True
+
+    async def _write_all(self, want: plan.Desired) -> set[plan.RouteKey]:
+        await self.dataplane.reconcile_neighbours(want.neighbours)
+        report = await self.dataplane.reconcile_routes(want.routes)
+        return {plan.route_key(route) for route in report.conflicts}
+
+    async def _write_changes(self, want: plan.Desired) -> set[plan.RouteKey]:
+        report = await self.dataplane.apply_changes(plan.changes(self.installed, want, self._route_conflicts))
+        wanted = {plan.route_key(route) for route in want.routes}
+        kept = {key for key in self._route_conflicts if key in wanted}
+        retried = {plan.route_key(route) for route in report.added}
+        return (kept - retried) | {plan.route_key(route) for route in report.conflicts}
+
+    def _note_conflicts(self, conflicts: set[plan.RouteKey]) -> None:
+        """Routes we want whose key a route that is not ours holds: we leave those alone, and say so once."""
+        for prefix, metric in sorted(conflicts - self._route_conflicts):
+            self.event("route-conflict", f"{prefix} metric {metric}: held by a route that is not ours, left alone")
+        self._route_conflicts = conflicts
 
     async def _redo_later(self, delay: float) -> None:
         await asyncio.sleep(delay)

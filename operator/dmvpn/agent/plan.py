@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from dmvpn.agent.config import HubPeer, NodeConfig
-from dmvpn.dataplane import Neighbour, Route
+from dmvpn.dataplane import Changes, Neighbour, Route
 from dmvpn.nhrp.cache import CacheEntry, EntryType
 
 
@@ -20,6 +20,13 @@ from dmvpn.nhrp.cache import CacheEntry, EntryType
 class Desired:
     neighbours: frozenset[Neighbour] = field(default_factory=frozenset)
     routes: frozenset[Route] = field(default_factory=frozenset)
+
+
+RouteKey = tuple[IPv4Network, int]  # how the kernel keys a route in one table: prefix and metric
+
+
+def route_key(route: Route) -> RouteKey:
+    return (route.prefix, route.metric)
 
 
 def host(address: IPv4Address) -> IPv4Network:
@@ -139,6 +146,29 @@ def desired(
     if config.is_hub:
         return hub_desired(config, entries, now)
     return spoke_desired(config, entries, nhs_up, sa_up, now)
+
+
+def changes(before: Desired, after: Desired, conflicts: Collection[RouteKey] = ()) -> Changes:
+    """The writes that turn ``before`` (installed) into ``after``. ``conflicts``: route keys a foreign
+    route held when we tried them; they are tried again as new keys (create only), never replaced."""
+    had_binding = {n.tunnel_ip: n for n in sorted(before.neighbours)}
+    wants_binding = {n.tunnel_ip: n for n in sorted(after.neighbours)}  # last one wins, like the full reconcile
+    had_route = {route_key(r): r for r in before.routes}
+    add: list[Route] = []
+    change: list[Route] = []
+    for key, route in sorted((route_key(r), r) for r in after.routes):
+        if key not in had_route:
+            add.append(route)
+        elif had_route[key] != route:
+            (add if key in conflicts else change).append(route)
+    wanted_keys = {route_key(r) for r in after.routes}
+    return Changes(
+        set_neighbours=tuple(n for ip, n in sorted(wants_binding.items()) if had_binding.get(ip) != n),
+        remove_neighbours=tuple(n for ip, n in sorted(had_binding.items()) if ip not in wants_binding),
+        add_routes=tuple(add),
+        change_routes=tuple(change),
+        remove_routes=tuple(r for k, r in sorted(had_route.items()) if k not in wanted_keys and k not in conflicts),
+    )
 
 
 # --- adoption after a restart --------------------------------------------------------------------

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterable
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from dmvpn.dataplane import InterfaceStats, Neighbour, ReconcileReport, Route, Snapshot, TunnelReport
+from dmvpn.dataplane import Changes, InterfaceStats, Neighbour, ReconcileReport, Route, Snapshot, TunnelReport
 from dmvpn.ipsec.types import ApplyReport, IkeSaInfo, InitiatePolicy, PeerAction, SaEvent
 
 
@@ -18,6 +18,7 @@ class DataplanePort(Protocol):
     async def remove_tunnel(self) -> bool: ...  # kube mode: teardown when the node is no longer selected
     async def reconcile_neighbours(self, desired: Iterable[Neighbour]) -> ReconcileReport[Neighbour]: ...
     async def reconcile_routes(self, desired: Iterable[Route]) -> ReconcileReport[Route]: ...
+    async def apply_changes(self, changes: Changes) -> ReconcileReport[Route]: ...
     async def snapshot(self) -> Snapshot: ...
     async def stats(self) -> InterfaceStats | None: ...
 

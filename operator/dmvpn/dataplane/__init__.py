@@ -26,6 +26,7 @@ from dmvpn.dataplane.solicit import SolicitationListener
 from dmvpn.dataplane.types import (
     GRE_KEY_FLAG,
     RTPROT_DMVPN,
+    Changes,
     DataplaneError,
     DeviceConflict,
     DeviceState,
@@ -46,6 +47,7 @@ from dmvpn.dataplane.types import (
 __all__ = [
     "GRE_KEY_FLAG",
     "RTPROT_DMVPN",
+    "Changes",
     "Dataplane",
     "DataplaneError",
     "DeviceConflict",

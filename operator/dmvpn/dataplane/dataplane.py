@@ -13,6 +13,7 @@ from dmvpn.dataplane.rtnl import IFF_NOARP, IFF_UP, Link, Rtnl
 from dmvpn.dataplane.solicit import SolicitationListener
 from dmvpn.dataplane.types import (
     RTPROT_DMVPN,
+    Changes,
     DataplaneError,
     DeviceState,
     InterfaceStats,
@@ -150,6 +151,20 @@ class Dataplane:
         if link is None:
             return ()
         return tuple(sorted(route_ops.as_route(e) for e in await route_ops.ours(self._rtnl, link.index, self.proto)))
+
+    # --- incremental update ----------------------------------------------------------------------
+
+    async def apply_changes(self, changes: Changes) -> ReconcileReport[Route]:
+        """Write ``changes`` (see :class:`Changes`) without dumping the tables: new bindings first, then
+        routes that use them, then removed routes, then removed bindings, so no route ever points at a
+        tunnel address without its binding. Returns what happened to the routes (``conflicts``: new keys a
+        foreign route holds). Drift from edits behind our back is for :meth:`reconcile_routes` to fix.
+        """
+        index = await self._index()
+        await neigh_ops.set_all(self._rtnl, index, changes.set_neighbours, self.proto)
+        report = await route_ops.apply(self._rtnl, index, changes, self.proto)
+        await neigh_ops.remove_ours(self._rtnl, index, changes.remove_neighbours, self.proto)
+        return report
 
     # --- Phase 2, stats, snapshot ----------------------------------------------------------------
 

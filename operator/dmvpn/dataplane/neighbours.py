@@ -54,3 +54,21 @@ async def reconcile(rtnl: Rtnl, index: int, desired: Iterable[Neighbour], proto:
         if await rtnl.delete_neighbour(index, tunnel_ip) and entry.lladdr is not None:
             removed.append(Neighbour(tunnel_ip, entry.lladdr))
     return ReconcileReport(tuple(added), tuple(replaced), tuple(removed))
+
+
+async def set_all(rtnl: Rtnl, index: int, wanted: Iterable[Neighbour], proto: int) -> None:
+    """Install or replace each binding without reading first (one write each): the desired binding wins
+    on our device, as in :func:`reconcile`."""
+    for want in wanted:
+        await rtnl.replace_neighbour(index, want.tunnel_ip, want.nbma, proto)
+
+
+async def remove_ours(rtnl: Rtnl, index: int, gone: Iterable[Neighbour], proto: int) -> tuple[Neighbour, ...]:
+    """Delete each binding if the kernel still holds it as ours (a foreign entry that took the address
+    since stays): one read and at most one write each."""
+    removed: list[Neighbour] = []
+    for neighbour in gone:
+        entry = await rtnl.neighbour(index, neighbour.tunnel_ip)
+        if entry is not None and is_ours(entry, proto) and await rtnl.delete_neighbour(index, neighbour.tunnel_ip):
+            removed.append(neighbour)
+    return tuple(removed)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from ipaddress import IPv4Network
 
-from dmvpn.dataplane.rtnl import RT_SCOPE_LINK, RouteEntry, Rtnl
-from dmvpn.dataplane.types import ReconcileReport, Route
+from dmvpn.dataplane.rtnl import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RouteEntry, Rtnl
+from dmvpn.dataplane.types import Changes, ReconcileReport, Route
 
 RouteKey = tuple[IPv4Network, int]  # what the kernel keys a route by (table fixed): prefix and metric
 
@@ -79,3 +79,23 @@ async def reconcile(rtnl: Rtnl, oif: int, desired: Iterable[Route], proto: int) 
         if key not in wanted and await rtnl.delete_route(entry):
             removed.append(as_route(entry))
     return ReconcileReport(tuple(added), tuple(replaced), tuple(removed), tuple(conflicts))
+
+
+def _our_entry(route: Route, oif: int, proto: int) -> RouteEntry:
+    """The kernel entry we would have installed for ``route`` (what a delete names: prefix, metric, our
+    protocol and device, so the kernel never matches a foreign route with the same prefix)."""
+    scope = RT_SCOPE_LINK if route.via is None else RT_SCOPE_UNIVERSE
+    return RouteEntry(route.prefix, route.via, oif, route.metric, proto, scope, route.via is not None, RT_TABLE_MAIN)
+
+
+async def apply(rtnl: Rtnl, oif: int, changes: Changes, proto: int) -> ReconcileReport[Route]:
+    """Write only ``changes`` (no dump): create new keys, replace our changed ones, delete ours."""
+    added: list[Route] = []
+    conflicts: list[Route] = []
+    for route in changes.add_routes:
+        created = await rtnl.add_route(route.prefix, route.via, oif, route.metric, proto)
+        (added if created else conflicts).append(route)
+    for route in changes.change_routes:
+        await rtnl.replace_route(route.prefix, route.via, oif, route.metric, proto)
+    removed = [route for route in changes.remove_routes if await rtnl.delete_route(_our_entry(route, oif, proto))]
+    return ReconcileReport(tuple(added), changes.change_routes, tuple(removed), tuple(conflicts))

@@ -114,6 +114,28 @@ class ReconcileReport(Generic[T]):
 
 
 @dataclass(frozen=True)
+class Changes:
+    """An incremental update against what the caller installed last, applied without dumping the
+    kernel's tables (a dump costs far more than the one or two writes a new shortcut needs).
+
+    ``add_routes`` are keys the caller did not hold: they are created, never replaced, so a foreign route
+    that holds the key keeps it (reported in ``conflicts``). ``change_routes`` are keys the caller did
+    install itself: they are replaced in place, with no window without a route.
+    """
+
+    set_neighbours: tuple[Neighbour, ...] = ()
+    remove_neighbours: tuple[Neighbour, ...] = ()
+    add_routes: tuple[Route, ...] = ()
+    change_routes: tuple[Route, ...] = ()
+    remove_routes: tuple[Route, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.set_neighbours or self.remove_neighbours or self.add_routes or self.change_routes or self.remove_routes
+        )
+
+
+@dataclass(frozen=True)
 class InterfaceStats:
     rx_packets: int
     tx_packets: int
