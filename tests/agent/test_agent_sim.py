@@ -8,6 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from dmvpn.agent import views
 from dmvpn.dataplane import HairpinEvent, Neighbour, Route
+from dmvpn.ipsec.types import InitiatePolicy
 from dmvpn.nhrp.codec import PacketType
 
 from .conftest import HUB_NBMA, HUB_TUNNEL, Cloud, FakeDataplane, hub_config, ipv4_header, spoke_config, wait_for
@@ -60,7 +61,8 @@ async def test_phase3_shortcut_installed_once_sa_is_up_both_directions(cloud: Cl
     route_at = next(t for t, what, item in spoke1.history if what == "+route" and item == Route(S2_LAN, via=S2_TUNNEL))
     assert route_at >= sa_at, "the shortcut must not carry traffic before its SA is up"
     # The responder started IKE when the Resolution Request reached it (in parallel with the reply).
-    assert any(peer == S1_NBMA for peer, _ in cloud.ipsecs["spoke-2"].ensured)
+    # Once: if spoke-1 later drops the SA as idle, spoke-2 must not make it again (no ALWAYS keeper).
+    assert (S1_NBMA, InitiatePolicy.ONCE) in cloud.ipsecs["spoke-2"].ensured
     kinds = [e["kind"] for e in views.show_events(cloud.agents["spoke-1"])]
     assert kinds.index("traffic-indication") < kinds.index("resolution-reply")
     # And back: spoke-2's traffic to spoke-1 hairpins at the hub too.
@@ -87,6 +89,19 @@ async def test_idle_shortcut_expires_with_its_sa(cloud: Cloud) -> None:
     await wait_for(lambda: S2_NBMA in cloud.ipsecs["spoke-1"].removed)
     assert Route(IPv4Network("10.1.0.0/16"), via=HUB_TUNNEL) in spoke1.routes
     assert agent.stats.shortcuts_expired == 1
+
+
+async def test_an_sa_made_again_without_traffic_is_not_activity(cloud: Cloud) -> None:
+    await registered_cloud(cloud)
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in cloud.dataplanes["spoke-1"].routes)
+    agent, ipsec = cloud.agents["spoke-1"], cloud.ipsecs["spoke-1"]
+    ipsec.bytes[S2_NBMA] = 5000
+    agent.sas = await ipsec.list_sas()
+    await asyncio.sleep(1.1)
+    ipsec.bytes[S2_NBMA] = 0  # the peer's charon replaced the SA: new counters, nothing carried
+    agent.sas = await ipsec.list_sas()
+    assert agent.expire_idle_shortcuts() == [S2_NBMA]
 
 
 async def test_busy_shortcut_stays(cloud: Cloud) -> None:

@@ -133,6 +133,20 @@ async def test_hub_sa_is_kept_up(charon: FakeCharon, socket_path: Path) -> None:
         assert ipsec.initiations == 2
 
 
+async def test_once_initiates_now_and_never_brings_the_sa_back(charon: FakeCharon, socket_path: Path) -> None:
+    async with manager(socket_path) as ipsec:
+        stream = ipsec.events()
+        assert await ipsec.ensure_peer(LOW, InitiatePolicy.ONCE) is PeerAction.INITIATED  # MID > LOW: no wait
+        assert await next_event(stream) == (LOW, True, "child-updown")
+        [uid] = charon.sas_to(str(LOW))
+        charon.drop(uid)  # the peer removed the idle shortcut's SA
+        assert await next_event(stream) == (LOW, False, "child-updown")
+        await asyncio.sleep(0.5)
+        assert not ipsec.sa_up(LOW) and charon.sas_to(str(LOW)) == [] and ipsec.initiations == 1
+        assert await ipsec.ensure_peer(LOW, InitiatePolicy.ONCE) is PeerAction.INITIATED, "new demand asks again"
+        assert await next_event(stream) == (LOW, True, "child-updown")
+
+
 async def test_charon_restart_reports_down_then_reloads_and_reinitiates(socket_path: Path) -> None:
     charon = FakeCharon(socket_path, str(MID))
     await charon.start()

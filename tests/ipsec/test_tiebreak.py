@@ -26,6 +26,7 @@ def test_numeric_not_textual_order() -> None:
 
 def test_explicit_policies_override_the_tie_break() -> None:
     assert we_initiate(HIGH, LOW, InitiatePolicy.ALWAYS)
+    assert we_initiate(HIGH, LOW, InitiatePolicy.ONCE), "a responder knows both addresses first: it initiates"
     assert not we_initiate(LOW, HIGH, InitiatePolicy.NEVER)
 
 

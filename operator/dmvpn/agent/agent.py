@@ -168,7 +168,8 @@ class Agent:
         self.sas_at = now = self.clock()
         for nbma, seen in _bytes_by_peer(sas).items():
             usage = self._usage.get(nbma)
-            if usage is not None and seen != usage.last_bytes:
+            # A re-made SA starts its counters at 0: a change to 0 is a new SA, not traffic.
+            if usage is not None and seen != usage.last_bytes and seen > 0:
                 usage.last_bytes = seen
                 usage.last_active = max(usage.last_active, now)
 
@@ -359,8 +360,9 @@ class Agent:
         if self.config.hub_by_nbma(nbma) is not None:
             return InitiatePolicy.ALWAYS
         # We only send to another spoke to answer its Resolution Request: it is waiting for our reply
-        # and cannot know our NBMA address before it gets it, so we initiate (no tie-break wait).
-        return InitiatePolicy.ALWAYS
+        # and cannot know our NBMA address before it gets it, so we initiate (no tie-break wait), once:
+        # if the SA goes (the peer found the shortcut idle), nobody re-makes it until traffic asks again.
+        return InitiatePolicy.ONCE
 
     def _cache_changed(self, change: CacheChanged) -> None:
         self._dirty.set()
@@ -380,7 +382,7 @@ class Agent:
             self.event("registration", f"{entry.prefix} at {nbma} (next hop {entry.next_hop})")
         elif entry.type == EntryType.CACHED and self.ipsec is not None and not self.config.is_hub:
             # A Resolution Request told us who wants a shortcut to us: start IKE now, in parallel.
-            self._spawn(self._ensure_peer(nbma, InitiatePolicy.ALWAYS, "resolution request"))
+            self._spawn(self._ensure_peer(nbma, InitiatePolicy.ONCE, "resolution request"))
 
     def _forget_spoke_peer(self, nbma: IPv4Address) -> None:
         """The last binding to another spoke went (purged, expired): its SA has nothing left to carry.

@@ -448,10 +448,11 @@ class IpsecManager:
         )
 
     async def _keep_peer(self, peer: IPv4Address, policy: InitiatePolicy, initiated: bool) -> None:
-        """Per-peer background duty: the fallback initiation (AUTO, waiting side) or keeping a hub's SA up
+        """Per-peer background duty: the fallback initiation (AUTO, waiting side), one initiation (ONCE, or
+        AUTO's initiating side, if the call that made the keeper did not initiate) or keeping a hub's SA up
         (ALWAYS). Ends with :meth:`remove_peer`, :meth:`close` or a new policy for the peer."""
         try:
-            if policy is InitiatePolicy.AUTO:
+            if policy in (InitiatePolicy.AUTO, InitiatePolicy.ONCE):
                 if not we_initiate(self.profile.local_nbma, peer, policy):
                     if await self._wait_state(peer, True, self.fallback_s):
                         return

@@ -110,6 +110,10 @@ class InitiatePolicy(enum.Enum):
     itself only if no SA arrived within the fallback delay (no duplicate IKE_SAs when both resolve)."""
     ALWAYS = "always"
     """Spoke to hub: initiate now, and again whenever the SA goes down while the peer is ensured."""
+    ONCE = "once"
+    """Spoke to spoke, the end that learns both addresses first (the responder of a Resolution Request):
+    initiate now, but never bring the SA back once it goes down. A shortcut's SA lives for its traffic;
+    a peer that removed it as idle must not see it re-made (new traffic resolves, and asks, again)."""
     NEVER = "never"
     """Only accept the peer's SA (the per-peer connection is loaded, nothing is initiated)."""
 
