@@ -40,6 +40,7 @@ class Dataplane:
         self.netns = netns
         self.proto = proto
         self._rtnl = Rtnl(netns)
+        self._ifindex: int | None = None  # our device's index, known after ensure_tunnel()
 
     @property
     def writes(self) -> int:
@@ -80,10 +81,13 @@ class Dataplane:
         Also (re)applies the tunnel address (/32), MTU, NOARP/Phase 2 sysctls and the up state.
         Raises :class:`DeviceConflict` if the name belongs to a non-GRE device.
         """
-        return await tunnel_ops.ensure_tunnel(self._rtnl, self.config)
+        report = await tunnel_ops.ensure_tunnel(self._rtnl, self.config)
+        self._ifindex = report.ifindex
+        return report
 
     async def remove_tunnel(self) -> bool:
         """Delete the device (and with it its neighbours and routes). False if it was not there."""
+        self._ifindex = None
         link = await self._device()
         if link is None:
             return False
@@ -160,10 +164,17 @@ class Dataplane:
         tunnel address without its binding. Returns what happened to the routes (``conflicts``: new keys a
         foreign route holds). Drift from edits behind our back is for :meth:`reconcile_routes` to fix.
         """
-        index = await self._index()
-        await neigh_ops.set_all(self._rtnl, index, changes.set_neighbours, self.proto)
-        report = await route_ops.apply(self._rtnl, index, changes, self.proto)
-        await neigh_ops.remove_ours(self._rtnl, index, changes.remove_neighbours, self.proto)
+        # The device's index as ensure_tunnel() left it: a link dump per shortcut would cost more than the
+        # writes. If the device was replaced behind our back, a write fails and the next call looks again.
+        index = self._ifindex if self._ifindex is not None else await self._index()
+        try:
+            await neigh_ops.set_all(self._rtnl, index, changes.set_neighbours, self.proto)
+            report = await route_ops.apply(self._rtnl, index, changes, self.proto)
+            await neigh_ops.remove_ours(self._rtnl, index, changes.remove_neighbours, self.proto)
+        except DataplaneError:
+            self._ifindex = None
+            raise
+        self._ifindex = index
         return report
 
     # --- Phase 2, stats, snapshot ----------------------------------------------------------------
