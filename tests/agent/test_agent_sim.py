@@ -74,6 +74,19 @@ async def test_phase3_shortcut_installed_once_sa_is_up_both_directions(cloud: Cl
     assert {(str(S2_LAN), "shortcut"), (str(S2_TUNNEL), "shortcut"), (str(HUB_TUNNEL), "nhs")} <= nhrp
 
 
+async def test_spokes_resolving_each_other_at_once_leave_the_sa_to_the_lower_address(cloud: Cloud) -> None:
+    await registered_cloud(cloud)
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")  # both directions hairpin together: the requests cross
+    hairpin(cloud, "10.1.2.10", "10.1.1.10")
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in cloud.dataplanes["spoke-1"].routes)
+    await wait_for(lambda: Route(S1_LAN, via=S1_TUNNEL) in cloud.dataplanes["spoke-2"].routes)
+    # spoke-1 (192.0.2.11) initiates as the responder of spoke-2's request; spoke-2 (.12), whose own
+    # resolution was pending, waits for it (AUTO: its fallback would initiate if no SA came).
+    assert (S2_NBMA, InitiatePolicy.ONCE) in cloud.ipsecs["spoke-1"].ensured
+    assert (S1_NBMA, InitiatePolicy.ONCE) not in cloud.ipsecs["spoke-2"].ensured
+    assert (S1_NBMA, InitiatePolicy.AUTO) in cloud.ipsecs["spoke-2"].ensured
+
+
 async def test_idle_shortcut_expires_with_its_sa(cloud: Cloud) -> None:
     await registered_cloud(cloud)
     hairpin(cloud, "10.1.1.10", "10.1.2.10")

@@ -359,9 +359,21 @@ class Agent:
     def _policy_for(self, nbma: IPv4Address) -> InitiatePolicy:
         if self.config.hub_by_nbma(nbma) is not None:
             return InitiatePolicy.ALWAYS
-        # We only send to another spoke to answer its Resolution Request: it is waiting for our reply
-        # and cannot know our NBMA address before it gets it, so we initiate (no tie-break wait), once:
-        # if the SA goes (the peer found the shortcut idle), nobody re-makes it until traffic asks again.
+        return self._responder_policy(nbma)
+
+    def _responder_policy(self, requester: IPv4Address) -> InitiatePolicy:
+        """Who brings up the SA when we answer another spoke's Resolution Request (we only ever send to a
+        spoke to answer one). The requester cannot know our NBMA address before our reply, which waits
+        for the SA, so normally we initiate at once (ONCE: if the SA goes, the peer found the shortcut
+        idle, and nobody re-makes it until traffic asks again).
+
+        Two spokes that resolve each other at once are each the other's responder: both would initiate
+        and build two IKE_SAs. While a resolution of ours is pending the requests may be crossing, so the
+        NBMA tie-break decides: the lower address initiates at once, the higher waits (AUTO: it initiates
+        itself only if no SA arrived within the fallback delay; our pending resolution was maybe for a
+        third spoke)."""
+        if self.engine.resolutions_pending and int(self.config.nbma) > int(requester):
+            return InitiatePolicy.AUTO
         return InitiatePolicy.ONCE
 
     def _cache_changed(self, change: CacheChanged) -> None:
@@ -382,7 +394,7 @@ class Agent:
             self.event("registration", f"{entry.prefix} at {nbma} (next hop {entry.next_hop})")
         elif entry.type == EntryType.CACHED and self.ipsec is not None and not self.config.is_hub:
             # A Resolution Request told us who wants a shortcut to us: start IKE now, in parallel.
-            self._spawn(self._ensure_peer(nbma, InitiatePolicy.ONCE, "resolution request"))
+            self._spawn(self._ensure_peer(nbma, self._responder_policy(nbma), "resolution request"))
 
     def _forget_spoke_peer(self, nbma: IPv4Address) -> None:
         """The last binding to another spoke went (purged, expired): its SA has nothing left to carry.

@@ -142,6 +142,11 @@ class Engine:
         ]
         return min((deadline for deadline in deadlines if deadline is not None), default=None)
 
+    @property
+    def resolutions_pending(self) -> int:
+        """Resolution Requests of ours still waiting for their reply (renewals included)."""
+        return len(self._resolver.pending)
+
     def resolve(self, destination: Address, now: float) -> list[Action]:
         """Find the NBMA next hop for ``destination`` (ResolutionDone/ResolutionFailed follow)."""
         self._resolver.resolve(destination, now)
