@@ -63,6 +63,10 @@ async def test_phase3_shortcut_installed_once_sa_is_up_both_directions(cloud: Cl
     # The responder started IKE when the Resolution Request reached it (in parallel with the reply).
     # Once: if spoke-1 later drops the SA as idle, spoke-2 must not make it again (no ALWAYS keeper).
     assert (S1_NBMA, InitiatePolicy.ONCE) in cloud.ipsecs["spoke-2"].ensured
+    # Its reply waited for that SA and goes once more a moment later (the first copy may beat the
+    # initiator's inbound SA); spoke-1 ignores the duplicate.
+    await wait_for(lambda: cloud.agents["spoke-2"].stats.extra.get("held_sends_repeated", 0) >= 1)
+    assert cloud.agents["spoke-1"].stats.shortcuts_created == 1
     kinds = [e["kind"] for e in views.show_events(cloud.agents["spoke-1"])]
     assert kinds.index("traffic-indication") < kinds.index("resolution-reply")
     # And back: spoke-2's traffic to spoke-1 hairpins at the hub too.
@@ -115,6 +119,23 @@ async def test_an_sa_made_again_without_traffic_is_not_activity(cloud: Cloud) ->
     ipsec.bytes[S2_NBMA] = 0  # the peer's charon replaced the SA: new counters, nothing carried
     agent.sas = await ipsec.list_sas()
     assert agent.expire_idle_shortcuts() == [S2_NBMA]
+
+
+async def test_without_ipsec_the_usage_counter_keeps_a_busy_shortcut_and_ages_out_an_idle_one(cloud: Cloud) -> None:
+    await registered_cloud(cloud, ipsec=False)
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in cloud.dataplanes["spoke-1"].routes)
+    agent = cloud.agents["spoke-1"]
+    sent = 0
+    for _ in range(4):  # busy for 4 idle timeouts: GRE to spoke-2 keeps growing
+        sent += 1500
+        agent.note_traffic({S2_NBMA: sent, HUB_NBMA: 99})
+        assert agent.expire_idle_shortcuts() == []
+        await asyncio.sleep(0.4)
+    await asyncio.sleep(1.1)  # shortcutIdleTimeout is 1 s here; the counter stays where it was
+    agent.note_traffic({S2_NBMA: sent, HUB_NBMA: 99})
+    assert agent.expire_idle_shortcuts() == [S2_NBMA]
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) not in cloud.dataplanes["spoke-1"].routes)
 
 
 async def test_busy_shortcut_stays(cloud: Cloud) -> None:

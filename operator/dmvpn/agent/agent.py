@@ -49,6 +49,7 @@ log = logging.getLogger("dmvpn.agent")
 
 PENDING_SEND_TTL = 10.0  # seconds an NHRP packet may wait for its peer's SA before it is dropped
 PENDING_SEND_MAX = 16  # per peer
+HELD_RESEND_S = 0.2  # a packet that waited for a spoke's SA is sent again this long after the first copy
 HUB_SA_WAIT = 5.0  # seconds a starting spoke waits for its hubs' SAs before registering anyway
 EVENTS_KEPT = 500
 FULL_RECONCILE_EVERY = 60.0  # seconds without a change before a full pass checks the kernel's tables
@@ -119,6 +120,8 @@ class Agent:
         solicitations: Callable[[], Any] | None = None,
         install_guard: Callable[[], Any] | None = None,
         guard_counters: Callable[[], Awaitable[GuardCounters | None]] | None = None,
+        install_usage: Callable[[], Awaitable[Any]] | None = None,
+        usage_counters: Callable[[], Awaitable[dict[IPv4Address, int] | None]] | None = None,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,
@@ -132,6 +135,8 @@ class Agent:
         self._install_guard = install_guard
         self._guard_counters = guard_counters
         self.guard: GuardCounters | None = None  # last sample: clear GRE dropped by the IPsec guard
+        self._install_usage = install_usage
+        self._usage_counters = usage_counters
         self.observer: Observer = observer or _NullObserver()
         self.clock = clock
         self.wallclock = wallclock
@@ -146,6 +151,10 @@ class Agent:
         self._route_conflicts: set[plan.RouteKey] = set()
         self._sas: list[IkeSaInfo] = []
         self.sas_at: float | None = None  # when the SA list (and its byte counters) was sampled
+        # Bytes per peer at the last sample: the SAs' counters, or without IPsec the data plane's usage
+        # counter (GRE we sent to each NBMA address); idle expiry compares samples of it.
+        self.traffic: dict[IPv4Address, int] = {}
+        self.traffic_at: float | None = None
         self.peer_since: dict[IPv4Address, float] = {}  # wall time a peer binding appeared
         self._dirty = asyncio.Event()
         self._timer_wakeup = asyncio.Event()
@@ -163,12 +172,18 @@ class Agent:
 
     @sas.setter
     def sas(self, sas: list[IkeSaInfo]) -> None:
-        """A new sample: a shortcut peer whose byte counters moved was active at this sample's time."""
+        """A new sample of charon's SAs; their byte counters are the traffic sample."""
         self._sas = sas
-        self.sas_at = now = self.clock()
-        for nbma, seen in _bytes_by_peer(sas).items():
+        self.sas_at = self.clock()
+        self.note_traffic(_bytes_by_peer(sas))
+
+    def note_traffic(self, by_peer: dict[IPv4Address, int]) -> None:
+        """A traffic sample: a shortcut peer whose byte count moved was active at this sample's time."""
+        self.traffic = by_peer
+        self.traffic_at = now = self.clock()
+        for nbma, seen in by_peer.items():
             usage = self._usage.get(nbma)
-            # A re-made SA starts its counters at 0: a change to 0 is a new SA, not traffic.
+            # A re-made SA (or a counter element that timed out) starts at 0: a change to 0 is not traffic.
             if usage is not None and seen != usage.last_bytes and seen > 0:
                 usage.last_bytes = seen
                 usage.last_active = max(usage.last_active, now)
@@ -193,9 +208,11 @@ class Agent:
         )
         snapshot = await self.dataplane.snapshot()
         self.installed = plan.Desired(frozenset(snapshot.neighbours), frozenset(snapshot.routes))
+        if self.ipsec is None and self._install_usage is not None:
+            await self._install_or_retry("usage", "traffic counter", self._install_usage)
         if self.ipsec is not None:
             if self._install_guard is not None:
-                await self._guard_or_retry()
+                await self._install_or_retry("guard", "ipsec guard", self._install_guard)
             await self.ipsec.start()
             self._spawn(self._sa_event_loop())
             for hub in config.hubs:
@@ -220,28 +237,27 @@ class Agent:
             self._spawn(self._solicitation_loop())
         self.event("started", f"{config.role} {config.object_name} on node {config.node}, phase {config.phase}")
 
-    async def _guard_or_retry(self) -> None:
-        """Install the IPsec-required guard; if nft fails (e.g. too slow), keep going and retry in the
-        background: SAs still protect our traffic, the guard only adds the drop of clear GRE."""
-        assert self._install_guard is not None
+    async def _install_or_retry(self, kind: str, what: str, install: Callable[[], Awaitable[Any]]) -> None:
+        """Install a kernel helper (the IPsec guard, the traffic counter); if nft fails (e.g. too slow),
+        keep going and retry in the background: neither is needed to forward traffic (SAs still protect
+        it; without the counter, idle expiry counts from the shortcut's creation until it is in)."""
         try:
-            await self._install_guard()
+            await install()
             return
         except Exception as error:
-            self.stats.last_error = f"ipsec guard: {error}"
-            self.event("guard-failed", f"{error}; retrying in the background")
-        self._spawn(self._retry_guard())
+            self.stats.last_error = f"{what}: {error}"
+            self.event(f"{kind}-failed", f"{error}; retrying in the background")
+        self._spawn(self._retry_install(kind, what, install))
 
-    async def _retry_guard(self) -> None:
-        assert self._install_guard is not None
+    async def _retry_install(self, kind: str, what: str, install: Callable[[], Awaitable[Any]]) -> None:
         for attempt in range(60):
             await asyncio.sleep(min(30.0, 2.0 * (attempt + 1)))
             try:
-                await self._install_guard()
+                await install()
             except Exception as error:
-                self.stats.last_error = f"ipsec guard: {error}"
+                self.stats.last_error = f"{what}: {error}"
                 continue
-            self.event("guard", "installed")
+            self.event(kind, "installed")
             return
 
     async def close(self) -> None:
@@ -480,11 +496,26 @@ class Agent:
         if not held:
             return
         now = self.clock()
+        flushed: list[Send] = []
         for queued_at, action in held:
             if now - queued_at <= PENDING_SEND_TTL:
                 self._transmit(action)
+                flushed.append(action)
             else:
                 self.stats.sends_dropped_no_sa += 1
+        if flushed and self.config.hub_by_nbma(nbma) is None:
+            self._spawn(self._send_again(flushed))
+
+    async def _send_again(self, actions: list[Send]) -> None:
+        """Send what waited for a spoke's SA once more, a moment later. When we were IKE's responder, our
+        CHILD_SA is up before the initiator has installed its own (it does so on our last IKE_AUTH
+        message), so the first copy can reach it before its inbound SA exists and be dropped; that copy
+        is a Resolution Reply the requester would otherwise wait a retransmission, via the hub, for. A
+        duplicate reply matches no pending request at the requester and is ignored."""
+        await asyncio.sleep(HELD_RESEND_S)
+        for action in actions:
+            self._transmit(action)
+        self.stats.extra["held_sends_repeated"] = self.stats.extra.get("held_sends_repeated", 0) + len(actions)
 
     def _expire_held(self, now: float) -> None:
         for nbma in list(self._held):
@@ -502,6 +533,7 @@ class Agent:
         while True:
             await asyncio.sleep(period)
             if self.ipsec is None:
+                await self._sample_usage()
                 continue
             await self._sample_guard()
             try:
@@ -511,6 +543,18 @@ class Agent:
                 continue
             for peer in self._known_peers():
                 self._sa_changed(peer, self.ipsec.sa_up(peer), "sync")
+
+    async def _sample_usage(self) -> None:
+        """Without IPsec: bytes sent to each peer, from the data plane's counter (None: not installed)."""
+        if self._usage_counters is None or not any(e.type == EntryType.SHORTCUT for e in self.engine.cache):
+            return  # nothing to age out: no nft run
+        try:
+            counts = await self._usage_counters()
+        except Exception as error:
+            self.stats.last_error = f"traffic counter: {error}"
+            return
+        if counts is not None:
+            self.note_traffic(counts)
 
     async def _sample_guard(self) -> None:
         """What the guard dropped (peers without an SA: a rogue sender, a peer whose SA is gone)."""
@@ -651,15 +695,15 @@ class Agent:
         return due
 
     def expire_idle_shortcuts(self) -> list[IPv4Address]:
-        """Drop shortcuts to peers whose SA carried nothing for ``shortcutIdleTimeout`` (without IPsec:
-        since the shortcut was made), and their SAs.
+        """Drop shortcuts to peers that carried nothing for ``shortcutIdleTimeout`` (by their SA's bytes,
+        or without IPsec by the GRE we sent them; with neither, since the shortcut was made), and their SAs.
 
-        Idle time is measured between SA samples (bytes changed in one sample, unchanged in a sample taken
-        ``timeout`` later), never against the wall clock alone: when charon answers more slowly than the
-        timeout (a loaded node), a busy shortcut must not be removed for lack of a fresh sample."""
+        Idle time is measured between traffic samples (bytes changed in one sample, unchanged in a sample
+        taken ``timeout`` later), never against the wall clock alone: when charon or nft answers more
+        slowly than the timeout (a loaded node), a busy shortcut must not be removed for lack of a sample."""
         now = self.clock()
         timeout = float(self.config.shortcut_idle_timeout)
-        traffic = _bytes_by_peer(self.sas)
+        traffic = self.traffic
         expired: list[IPv4Address] = []
         for nbma in {
             e.nbma for e in self.engine.cache if e.type == EntryType.SHORTCUT and isinstance(e.nbma, IPv4Address)
@@ -668,8 +712,8 @@ class Agent:
             if self.config.hub_by_nbma(nbma) is not None:
                 continue
             usage = self._usage.setdefault(nbma, PeerUsage(last_active=now))
-            if nbma in traffic and self.sas_at is not None:
-                idle_for = self.sas_at - usage.last_active
+            if nbma in traffic and self.traffic_at is not None:
+                idle_for = self.traffic_at - usage.last_active
             else:
                 idle_for = now - usage.last_active
             if idle_for >= timeout:

@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,16 @@ from dmvpn.agent.control import DEFAULT_SOCKET, ControlServer
 from dmvpn.agent.metrics import Metrics, MetricsObserver
 from dmvpn.agent.nodestate import DEFAULT_NODE_STATE, node_state, write_node_state
 from dmvpn.agent.views import COMMANDS
-from dmvpn.dataplane import Dataplane, HairpinConfig, NflogReader, TunnelConfig, install_hairpin_rule
+from dmvpn.dataplane import (
+    Dataplane,
+    HairpinConfig,
+    NflogReader,
+    TunnelConfig,
+    UsageConfig,
+    install_hairpin_rule,
+    install_usage_counter,
+    usage_by_peer,
+)
 from dmvpn.ipsec.manager import IpsecManager
 from dmvpn.ipsec.types import ProtectionProfile, PskAuth, X509Auth
 from dmvpn.nhrp.codec import Address
@@ -122,6 +132,18 @@ def build_agent(config: NodeConfig, args: argparse.Namespace, observer: MetricsO
             await install_guard(config.nbma)
             await set_larval_drop(False)
 
+    install_usage: Callable[[], Any] | None = None
+    usage_counters: Callable[[], Any] | None = None
+    if not config.ipsec.required and not config.is_hub and config.phase != 1:
+        # No SA counts a shortcut's traffic: the data plane's per-peer counter does, for idle expiry.
+        usage_config = UsageConfig(local=config.nbma)
+
+        async def install_usage() -> None:
+            await install_usage_counter(usage_config)
+
+        async def usage_counters() -> dict[IPv4Address, int] | None:
+            return await usage_by_peer(usage_config)
+
     return Agent(
         config,
         dataplane,
@@ -131,6 +153,8 @@ def build_agent(config: NodeConfig, args: argparse.Namespace, observer: MetricsO
         solicitations=solicitations,
         install_guard=guard,
         guard_counters=counters,
+        install_usage=install_usage,
+        usage_counters=usage_counters,
         observer=observer,
     )
 

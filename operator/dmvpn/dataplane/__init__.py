@@ -42,7 +42,9 @@ from dmvpn.dataplane.types import (
     TunnelAction,
     TunnelConfig,
     TunnelReport,
+    UsageConfig,
 )
+from dmvpn.dataplane.usage import install_usage_counter, usage_by_peer
 
 __all__ = [
     "GRE_KEY_FLAG",
@@ -66,7 +68,10 @@ __all__ = [
     "TunnelAction",
     "TunnelConfig",
     "TunnelReport",
+    "UsageConfig",
     "install_hairpin_rule",
+    "install_usage_counter",
     "parse_nflog_packet",
     "remove_hairpin_rule",
+    "usage_by_peer",
 ]

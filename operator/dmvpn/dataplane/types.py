@@ -210,3 +210,15 @@ class HairpinConfig:
     """nftables table (family inet). Other chains may live in it: we only (re)write our own chain."""
     chain: str = "hairpin"
     """Our chain (not an nft keyword: "redirect" is one); our set is "<chain>_pairs"."""
+
+
+@dataclass(frozen=True)
+class UsageConfig:
+    """Per-peer traffic counting (:mod:`dmvpn.dataplane.usage`): GRE sent from ``local``, per destination."""
+
+    local: IPv4Address
+    """Our NBMA address."""
+    table: str = "dmvpn"
+    """nftables table (family inet), shared with the hairpin chain; we only (re)write our own chain."""
+    chain: str = "usage"
+    """Our chain; our set is "<chain>_peers"."""

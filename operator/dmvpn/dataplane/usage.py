@@ -1,0 +1,114 @@
+"""Traffic this node sends to each NBMA peer, for the idle expiry of shortcuts that no SA counts (IPsec off).
+
+With IPsec, a shortcut's SA counts its bytes and the agent reads them from charon. Without it nothing in the
+kernel does: a permanent neighbour's ``used`` time is not refreshed on the fast path, and routes have no
+counters. So a chain on the output hook counts the GRE packets we send from our NBMA address, per
+destination, in a dynamic set whose elements carry counters (``update @set { ip daddr }``): one set lookup
+per packet, no NFLOG, no copy to user space. The agent lists the set at each sample and treats a changed
+byte count as activity, exactly as it does with SA counters.
+
+Ownership: chain ``config.chain`` and set ``<chain>_peers`` in ``table inet <config.table>`` (shared with the
+hub's hairpin chain, never flushed). The rule's comment carries a fingerprint of its configuration, so
+installing the same configuration again reads and writes nothing else. Elements not refreshed for
+:data:`SET_TIMEOUT` leave the set (its size stays bounded by the peers actually in use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from ipaddress import IPv4Address, ip_address
+from typing import Any
+
+from dmvpn.dataplane.nft import apply_script, list_table, run_nft
+from dmvpn.dataplane.types import DataplaneError, UsageConfig
+
+FAMILY = "inet"
+SET_TIMEOUT = "1h"
+SET_SIZE = 65535
+
+
+def set_name(config: UsageConfig) -> str:
+    return f"{config.chain}_peers"
+
+
+def rule_body(config: UsageConfig) -> str:
+    """The rule without its comment: GRE we send from our NBMA address, counted per destination."""
+    return f"meta nfproto ipv4 ip saddr {config.local} ip protocol gre update @{set_name(config)} {{ ip daddr }}"
+
+
+def marker(config: UsageConfig) -> str:
+    digest = hashlib.sha256(rule_body(config).encode()).hexdigest()[:16]
+    return f"dmvpn-usage {digest}"
+
+
+def render_ruleset(config: UsageConfig, *, chain_exists: bool = False, set_exists: bool = False) -> str:
+    """The nft script that (re)writes our chain and set and nothing else (pure; unit-tested)."""
+    table = f"{FAMILY} {config.table}"
+    lines = [f"add table {table}"]
+    if chain_exists:
+        lines += [f"flush chain {table} {config.chain}", f"delete chain {table} {config.chain}"]
+    if set_exists:
+        lines.append(f"delete set {table} {set_name(config)}")
+    lines += [
+        f"add set {table} {set_name(config)} {{ type ipv4_addr; size {SET_SIZE}; flags dynamic,timeout; "
+        f"timeout {SET_TIMEOUT}; counter; }}",
+        f"add chain {table} {config.chain} {{ type filter hook output priority filter; policy accept; }}",
+        f'add rule {table} {config.chain} {rule_body(config)} comment "{marker(config)}"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _ours(items: list[dict[str, Any]], config: UsageConfig) -> tuple[bool, bool, list[str]]:
+    """Whether our chain and set exist, and the comments of the rules in our chain."""
+    chain = any(item.get("chain", {}).get("name") == config.chain for item in items)
+    named_set = any(item.get("set", {}).get("name") == set_name(config) for item in items)
+    comments = [
+        str(item["rule"].get("comment", ""))
+        for item in items
+        if "rule" in item and item["rule"].get("chain") == config.chain
+    ]
+    return chain, named_set, comments
+
+
+async def install_usage_counter(config: UsageConfig, *, netns: str | None = None) -> bool:
+    """Install or update our chain and set atomically; True if it changed anything. An unchanged
+    configuration keeps the set, so a restarted agent keeps counting where the previous one was."""
+    items = await list_table(netns, FAMILY, config.table) or []
+    chain, named_set, comments = _ours(items, config)
+    if chain and named_set and comments == [marker(config)]:
+        return False
+    await apply_script(netns, render_ruleset(config, chain_exists=chain, set_exists=named_set))
+    return True
+
+
+def parse_usage(document: dict[str, Any]) -> dict[IPv4Address, int]:
+    """Bytes per destination from ``nft -j list set`` output (pure; unit-tested)."""
+    found: dict[IPv4Address, int] = {}
+    for item in document.get("nftables", []):
+        for element in item.get("set", {}).get("elem", []):
+            body = element.get("elem", element) if isinstance(element, dict) else None
+            if not isinstance(body, dict):
+                continue
+            try:
+                address = ip_address(str(body.get("val")))
+            except ValueError:
+                continue
+            counter = body.get("counter") or {}
+            if isinstance(address, IPv4Address) and isinstance(counter, dict):
+                found[address] = int(counter.get("bytes", 0))
+    return found
+
+
+async def usage_by_peer(config: UsageConfig, *, netns: str | None = None) -> dict[IPv4Address, int] | None:
+    """Bytes sent so far to each NBMA peer, or None if our set is not there (not installed yet)."""
+    code, out, err = await run_nft(netns, "-j", "list", "set", FAMILY, config.table, set_name(config))
+    if code != 0:
+        if "No such file or directory" in err:
+            return None
+        raise DataplaneError(f"nft list set {config.table} {set_name(config)} failed ({code}): {err.strip()}")
+    try:
+        document = json.loads(out)
+    except ValueError as error:
+        raise DataplaneError(f"nft list set: unreadable JSON: {error}") from error
+    return parse_usage(document)
