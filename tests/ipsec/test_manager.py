@@ -147,6 +147,18 @@ async def test_once_initiates_now_and_never_brings_the_sa_back(charon: FakeCharo
         assert await next_event(stream) == (LOW, True, "child-updown")
 
 
+async def test_two_asks_in_the_same_moment_initiate_one_ike_sa(charon: FakeCharon, socket_path: Path) -> None:
+    async with manager(socket_path) as ipsec:
+        stream = ipsec.events()
+        charon.initiate_delay_s = 0.3  # like charon's initiate with timeout -1: the IKE_SA is listed later
+        # A Resolution Request and the reply it makes both ask for the SA before charon lists it.
+        await asyncio.gather(ipsec.ensure_peer(LOW, InitiatePolicy.ONCE), ipsec.ensure_peer(LOW, InitiatePolicy.ONCE))
+        await ipsec.ensure_peer(LOW, InitiatePolicy.ONCE)  # and once more, after those returned
+        assert await next_event(stream) == (LOW, True, "child-updown")
+        await asyncio.sleep(0.5)
+        assert ipsec.initiations == 1 and len(charon.sas_to(str(LOW))) == 1
+
+
 async def test_charon_restart_reports_down_then_reloads_and_reinitiates(socket_path: Path) -> None:
     charon = FakeCharon(socket_path, str(MID))
     await charon.start()

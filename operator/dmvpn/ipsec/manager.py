@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from ipaddress import IPv4Address
@@ -50,6 +51,8 @@ _RETRY_MAX_S = 60.0
 #: Duplicate IKE_SAs count as crossed initiations only if established this close together.
 _DEDUPE_WINDOW_S = 60
 _DEDUPE_SETTLE_S = 1.0
+#: An initiation this recent counts as in progress though charon's list-sas may not show it yet.
+_INITIATE_CLAIM_S = 1.5
 
 
 class SaEventStream:
@@ -118,6 +121,7 @@ class IpsecManager:
         self.reconnect_max_s = reconnect_max_s
         self._table = SaTable()
         self._desired: dict[IPv4Address, InitiatePolicy] = {}
+        self._initiated_at: dict[IPv4Address, float] = {}  # monotonic time of our last initiation per peer
         self._cmd: ViciConnection | None = None
         self._ev: ViciConnection | None = None
         self._loaded_conns: dict[str, ViciDict] = {}
@@ -261,6 +265,7 @@ class IpsecManager:
     def _publish(self, transitions: list[Transition], reason: str) -> None:
         now = datetime.now(UTC)
         for peer, up in transitions:
+            self._initiated_at.pop(peer, None)  # that initiation is over: a new one may follow at once
             log.info("IPsec to %s %s (%s)", peer, "up" if up else "down", reason)
             event = SaEvent(peer, up, reason, now)
             for stream in list(self._subscribers):
@@ -386,7 +391,25 @@ class IpsecManager:
     async def _in_progress(self, peer: IPv4Address) -> bool:
         return any(ike.state in _ALIVE for ike in await self._sas_to(peer))
 
+    async def _initiate_unless_in_progress(self, peer: IPv4Address) -> bool:
+        """Initiate unless an IKE_SA to ``peer`` is alive or we initiated one moments ago; True if we did.
+
+        The claim is taken before any await: two callers in the same moment (a Resolution Request and
+        the reply it makes both ask for the SA) would otherwise both find nothing in charon's list and
+        both initiate. Charon's ``initiate`` with ``timeout -1`` returns before its IKE_SA shows in
+        ``list-sas``, so a recent initiation counts as in progress for :data:`_INITIATE_CLAIM_S`."""
+        now = time.monotonic()
+        claimed = self._initiated_at.get(peer)
+        if claimed is not None and now - claimed < _INITIATE_CLAIM_S:
+            return False
+        self._initiated_at[peer] = now
+        if await self._in_progress(peer):
+            return False
+        await self._initiate(peer)
+        return True
+
     async def _initiate(self, peer: IPv4Address) -> None:
+        self._initiated_at[peer] = time.monotonic()
         self.initiations += 1
         log.info("initiating IPsec to %s", peer)
         await self._session().request("initiate", render_initiate(peer))
@@ -412,8 +435,7 @@ class IpsecManager:
         if self._table.up(nbma):
             action = PeerAction.ALREADY_UP
         elif we_initiate(self.profile.local_nbma, nbma, policy):
-            if not await self._in_progress(nbma):
-                await self._initiate(nbma)
+            await self._initiate_unless_in_progress(nbma)
             action = PeerAction.INITIATED
         else:
             action = PeerAction.WAITING
@@ -458,8 +480,8 @@ class IpsecManager:
                         return
                     log.info("no SA from %s within %.1f s: initiating ourselves", peer, self.fallback_s)
                     initiated = False
-                if not initiated and not self._table.up(peer) and not await self._in_progress(peer):
-                    await self._initiate(peer)
+                if not initiated and not self._table.up(peer):
+                    await self._initiate_unless_in_progress(peer)
             elif policy is InitiatePolicy.ALWAYS:
                 await self._keep_up(peer, initiated)
         except CharonUnavailable:
@@ -468,8 +490,8 @@ class IpsecManager:
     async def _keep_up(self, peer: IPv4Address, initiated: bool) -> None:
         retry = _RETRY_S
         while peer in self._desired and not self._closing:
-            if not initiated and not self._table.up(peer) and not await self._in_progress(peer):
-                await self._initiate(peer)
+            if not initiated and not self._table.up(peer):
+                await self._initiate_unless_in_progress(peer)
             initiated = False
             if await self._wait_state(peer, True, retry):
                 retry = _RETRY_S
