@@ -153,7 +153,8 @@ async def test_two_asks_in_the_same_moment_initiate_one_ike_sa(charon: FakeCharo
         charon.initiate_delay_s = 0.3  # like charon's initiate with timeout -1: the IKE_SA is listed later
         # A Resolution Request and the reply it makes both ask for the SA before charon lists it.
         await asyncio.gather(ipsec.ensure_peer(LOW, InitiatePolicy.ONCE), ipsec.ensure_peer(LOW, InitiatePolicy.ONCE))
-        await ipsec.ensure_peer(LOW, InitiatePolicy.ONCE)  # and once more, after those returned
+        again = await ipsec.ensure_peer(LOW, InitiatePolicy.ONCE)  # and once more, after those returned
+        assert again is PeerAction.IN_PROGRESS
         assert await next_event(stream) == (LOW, True, "child-updown")
         await asyncio.sleep(0.5)
         assert ipsec.initiations == 1 and len(charon.sas_to(str(LOW))) == 1

@@ -435,8 +435,8 @@ class IpsecManager:
         if self._table.up(nbma):
             action = PeerAction.ALREADY_UP
         elif we_initiate(self.profile.local_nbma, nbma, policy):
-            await self._initiate_unless_in_progress(nbma)
-            action = PeerAction.INITIATED
+            initiated = await self._initiate_unless_in_progress(nbma)
+            action = PeerAction.INITIATED if initiated else PeerAction.IN_PROGRESS
         else:
             action = PeerAction.WAITING
         if changed or nbma not in self._peer_tasks:

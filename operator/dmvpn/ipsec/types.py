@@ -123,6 +123,8 @@ class PeerAction(enum.Enum):
 
     ALREADY_UP = "already-up"
     INITIATED = "initiated"
+    IN_PROGRESS = "in-progress"
+    """An IKE_SA to the peer is being set up already (ours or the peer's): nothing new was initiated."""
     WAITING = "waiting"
     """The peer initiates (tie-break); a fallback initiation is scheduled."""
 
