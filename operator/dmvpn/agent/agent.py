@@ -49,7 +49,7 @@ log = logging.getLogger("dmvpn.agent")
 
 PENDING_SEND_TTL = 10.0  # seconds an NHRP packet may wait for its peer's SA before it is dropped
 PENDING_SEND_MAX = 16  # per peer
-HELD_RESEND_S = 0.2  # a packet that waited for a spoke's SA is sent again this long after the first copy
+HELD_RESEND_AFTER_S = (0.1, 0.3)  # a packet that waited for a spoke's SA is sent again at these delays
 HUB_SA_WAIT = 5.0  # seconds a starting spoke waits for its hubs' SAs before registering anyway
 EVENTS_KEPT = 500
 FULL_RECONCILE_EVERY = 60.0  # seconds without a change before a full pass checks the kernel's tables
@@ -507,15 +507,18 @@ class Agent:
             self._spawn(self._send_again(flushed))
 
     async def _send_again(self, actions: list[Send]) -> None:
-        """Send what waited for a spoke's SA once more, a moment later. When we were IKE's responder, our
+        """Send what waited for a spoke's SA again, twice, moments later. When we were IKE's responder, our
         CHILD_SA is up before the initiator has installed its own (it does so on our last IKE_AUTH
         message), so the first copy can reach it before its inbound SA exists and be dropped; that copy
         is a Resolution Reply the requester would otherwise wait a retransmission, via the hub, for. A
         duplicate reply matches no pending request at the requester and is ignored."""
-        await asyncio.sleep(HELD_RESEND_S)
-        for action in actions:
-            self._transmit(action)
-        self.stats.extra["held_sends_repeated"] = self.stats.extra.get("held_sends_repeated", 0) + len(actions)
+        waited = 0.0
+        for delay in HELD_RESEND_AFTER_S:
+            await asyncio.sleep(delay - waited)
+            waited = delay
+            for action in actions:
+                self._transmit(action)
+            self.stats.extra["held_sends_repeated"] = self.stats.extra.get("held_sends_repeated", 0) + len(actions)
 
     def _expire_held(self, now: float) -> None:
         for nbma in list(self._held):
