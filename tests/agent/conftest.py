@@ -287,10 +287,10 @@ class Cloud:
     dataplanes: dict[str, FakeDataplane] = field(default_factory=dict)
     ipsecs: dict[str, FakeIpsec] = field(default_factory=dict)
 
-    async def add(self, config: NodeConfig, dataplane: FakeDataplane | None = None) -> Agent:
+    async def add(self, config: NodeConfig, dataplane: FakeDataplane | None = None, **options: Any) -> Agent:
         dataplane = dataplane or FakeDataplane()
         ipsec = FakeIpsec(self.net, config.nbma, config.is_hub) if config.ipsec.required else None
-        agent = Agent(config, dataplane, ipsec, self.net.transport_for(config.nbma))
+        agent = Agent(config, dataplane, ipsec, self.net.transport_for(config.nbma), **options)
         self.agents[config.node] = agent
         self.dataplanes[config.node] = dataplane
         if ipsec is not None:

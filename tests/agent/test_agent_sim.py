@@ -432,3 +432,17 @@ async def test_phase2_on_demand_resolution_serves_both_directions(cloud: Cloud) 
     await wait_for(lambda: Neighbour(S2_TUNNEL, S2_NBMA) in cloud.dataplanes["spoke-1"].neighbours)
     await wait_for(lambda: Neighbour(S1_TUNNEL, S1_NBMA) in cloud.dataplanes["spoke-2"].neighbours)
     assert cloud.agents["spoke-2"].stats.solicitations == 0, "spoke-2 needed no resolution of its own"
+
+
+async def test_teardown_removes_every_kernel_helper_even_when_one_fails(cloud: Cloud) -> None:
+    removed: list[str] = []
+
+    async def remove(what: str) -> None:
+        if what == "ipsec guard":
+            raise RuntimeError("nft: too slow")
+        removed.append(what)
+
+    helpers = [(what, lambda what=what: remove(what)) for what in ("hairpin chain", "ipsec guard", "traffic counter")]
+    hub = await cloud.add(hub_config(ipsec=False), uninstall=helpers)
+    assert await hub.remove_kernel_helpers() == ["ipsec guard"]
+    assert removed == ["hairpin chain", "traffic counter"]

@@ -12,7 +12,15 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from dmvpn.dataplane import HairpinConfig, UsageConfig, install_hairpin_rule, install_usage_counter, usage_by_peer
+from dmvpn.dataplane import (
+    HairpinConfig,
+    UsageConfig,
+    install_hairpin_rule,
+    install_usage_counter,
+    remove_hairpin_rule,
+    remove_usage_counter,
+    usage_by_peer,
+)
 from dmvpn.dataplane.usage import marker, parse_usage, render_ruleset, rule_body
 
 LOCAL, PEER, OTHER = IPv4Address("192.0.2.11"), IPv4Address("192.0.2.12"), IPv4Address("192.0.2.13")
@@ -96,4 +104,23 @@ async def test_gre_we_send_is_counted_per_peer_and_install_is_idempotent(netns: 
 
 def nft_list(netns: str) -> str:
     command = ["ip", "netns", "exec", netns, "nft", "list", "table", "inet", "dmvpn"]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+
+async def test_remove_takes_our_chain_and_set_and_the_table_only_when_nothing_else_is_in_it(netns: str) -> None:
+    config = UsageConfig(LOCAL)
+    await install_hairpin_rule(HairpinConfig("gre1"), netns=netns)
+    await install_usage_counter(config, netns=netns)
+    assert await remove_usage_counter(config, netns=netns) is True
+    assert await remove_usage_counter(config, netns=netns) is False
+    left = nft_list(netns)
+    assert "chain hairpin" in left and "usage" not in left
+    await remove_hairpin_rule(HairpinConfig("gre1"), netns=netns)
+    await install_usage_counter(config, netns=netns)
+    assert await remove_usage_counter(config, netns=netns) is True
+    assert "dmvpn" not in nft_ruleset(netns), "our table goes with our last chain"
+
+
+def nft_ruleset(netns: str) -> str:
+    command = ["ip", "netns", "exec", netns, "nft", "list", "ruleset"]
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any, Protocol
@@ -122,6 +122,7 @@ class Agent:
         guard_counters: Callable[[], Awaitable[GuardCounters | None]] | None = None,
         install_usage: Callable[[], Awaitable[Any]] | None = None,
         usage_counters: Callable[[], Awaitable[dict[IPv4Address, int] | None]] | None = None,
+        uninstall: Sequence[tuple[str, Callable[[], Awaitable[Any]]]] = (),
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,
@@ -137,6 +138,7 @@ class Agent:
         self.guard: GuardCounters | None = None  # last sample: clear GRE dropped by the IPsec guard
         self._install_usage = install_usage
         self._usage_counters = usage_counters
+        self._uninstall = tuple(uninstall)  # (what, remove) for the kernel helpers a teardown takes away
         self.observer: Observer = observer or _NullObserver()
         self.clock = clock
         self.wallclock = wallclock
@@ -275,6 +277,19 @@ class Agent:
                 await self.ipsec.close()
         with contextlib.suppress(Exception):
             await self.dataplane.close()
+
+    async def remove_kernel_helpers(self) -> list[str]:
+        """Take away the nftables helpers this endpoint installed (hairpin chain, IPsec guard, usage
+        counter), for a teardown when the node no longer runs it; a failure is logged and the others still
+        go. Returns what failed. ``close()`` never does this: a restarted agent must find them in place."""
+        failed: list[str] = []
+        for what, remove in self._uninstall:
+            try:
+                await remove()
+            except Exception as error:
+                log.warning("teardown: removing the %s failed: %s", what, error)
+                failed.append(what)
+        return failed
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro))

@@ -743,6 +743,7 @@ class AgentReconciler:
                     await agent.ipsec.remove_peer(peer)
                 except Exception as error:  # teardown goes on: the tunnel must go whatever charon says
                     log.warning("teardown: removing the SA to %s failed: %s", peer, error)
+        await agent.remove_kernel_helpers()
         try:
             removed = await agent.dataplane.remove_tunnel()
             log.info("teardown: tunnel %s", "removed" if removed else "was already gone")

@@ -9,7 +9,7 @@ import faulthandler
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from dmvpn.dataplane import (
     UsageConfig,
     install_hairpin_rule,
     install_usage_counter,
+    remove_hairpin_rule,
+    remove_usage_counter,
     usage_by_peer,
 )
 from dmvpn.ipsec.manager import IpsecManager
@@ -110,6 +112,7 @@ def build_agent(config: NodeConfig, args: argparse.Namespace, observer: MetricsO
         return NHRPTransport.open(ifindex, on_packet)
 
     hairpin: Callable[[], Any] | None = None
+    uninstall: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
     if config.is_hub and config.phase == 3:
         hairpin_config = HairpinConfig(ifname=config.interface, group=NFLOG_GROUP)
 
@@ -120,17 +123,20 @@ def build_agent(config: NodeConfig, args: argparse.Namespace, observer: MetricsO
                 yield reader
 
         hairpin = hairpin_reader
+        uninstall.append(("hairpin chain", lambda: remove_hairpin_rule(hairpin_config)))
     solicitations = dataplane.solicitations if config.phase == 2 and not config.is_hub else None
     guard: Callable[[], Any] | None = None
     counters: Callable[[], Any] | None = None
     if config.ipsec.required:
-        from dmvpn.ipsec.guard import guard_counters, install_guard, set_larval_drop
+        from dmvpn.ipsec.guard import guard_counters, install_guard, remove_guard, set_larval_drop
 
         counters = guard_counters
 
         async def guard() -> None:
             await install_guard(config.nbma)
             await set_larval_drop(False)
+
+        uninstall.append(("ipsec guard", remove_guard))
 
     install_usage: Callable[[], Any] | None = None
     usage_counters: Callable[[], Any] | None = None
@@ -144,6 +150,8 @@ def build_agent(config: NodeConfig, args: argparse.Namespace, observer: MetricsO
         async def usage_counters() -> dict[IPv4Address, int] | None:
             return await usage_by_peer(usage_config)
 
+        uninstall.append(("traffic counter", lambda: remove_usage_counter(usage_config)))
+
     return Agent(
         config,
         dataplane,
@@ -155,6 +163,7 @@ def build_agent(config: NodeConfig, args: argparse.Namespace, observer: MetricsO
         guard_counters=counters,
         install_usage=install_usage,
         usage_counters=usage_counters,
+        uninstall=uninstall,
         observer=observer,
     )
 

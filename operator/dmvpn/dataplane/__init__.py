@@ -44,7 +44,7 @@ from dmvpn.dataplane.types import (
     TunnelReport,
     UsageConfig,
 )
-from dmvpn.dataplane.usage import install_usage_counter, usage_by_peer
+from dmvpn.dataplane.usage import install_usage_counter, remove_usage_counter, usage_by_peer
 
 __all__ = [
     "GRE_KEY_FLAG",
@@ -73,5 +73,6 @@ __all__ = [
     "install_usage_counter",
     "parse_nflog_packet",
     "remove_hairpin_rule",
+    "remove_usage_counter",
     "usage_by_peer",
 ]

@@ -112,3 +112,37 @@ async def usage_by_peer(config: UsageConfig, *, netns: str | None = None) -> dic
     except ValueError as error:
         raise DataplaneError(f"nft list set: unreadable JSON: {error}") from error
     return parse_usage(document)
+
+
+async def remove_usage_counter(config: UsageConfig, *, netns: str | None = None) -> bool:
+    """Remove our chain and set (and the table if nothing else is left in it). False if nothing was there."""
+    items = await list_table(netns, FAMILY, config.table)
+    if items is None:
+        return False
+    chain, named_set, _ = _ours(items, config)
+    table = f"{FAMILY} {config.table}"
+    lines: list[str] = []
+    if chain:
+        lines += [f"flush chain {table} {config.chain}", f"delete chain {table} {config.chain}"]
+    if named_set:
+        lines.append(f"delete set {table} {set_name(config)}")
+    if not lines:
+        return False
+    if _only_ours(items, config):
+        lines.append(f"delete table {table}")
+    await apply_script(netns, "\n".join(lines) + "\n")
+    return True
+
+
+def _only_ours(items: list[dict[str, Any]], config: UsageConfig) -> bool:
+    """Nothing but the table itself, our chain, its rules and our set."""
+    for item in items:
+        kind, body = next(iter(item.items()))
+        if kind == "table":
+            continue
+        if kind in ("chain", "set") and body.get("name") in (config.chain, set_name(config)):
+            continue
+        if kind == "rule" and body.get("chain") == config.chain:
+            continue
+        return False
+    return True
