@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import hashlib
 from ipaddress import IPv4Network
-from typing import Any
 
-from dmvpn.dataplane.nft import apply_script, list_table
+from dmvpn.dataplane.nft import OwnedChain
 from dmvpn.dataplane.types import HairpinConfig
 
 FAMILY = "inet"
@@ -54,33 +53,16 @@ def marker(config: HairpinConfig) -> str:
     return f"dmvpn-hairpin {digest}"
 
 
+def owned(config: HairpinConfig) -> OwnedChain:
+    return OwnedChain(FAMILY, config.table, config.chain, set_name(config))
+
+
 def render_ruleset(config: HairpinConfig, *, chain_exists: bool = False, set_exists: bool = False) -> str:
     """The nft script that (re)writes our chain and set and nothing else (pure; unit-tested)."""
-    table = f"{FAMILY} {config.table}"
-    lines = [f"add table {table}"]
-    if chain_exists:
-        lines += [f"flush chain {table} {config.chain}", f"delete chain {table} {config.chain}"]
-    if set_exists:
-        lines.append(f"delete set {table} {set_name(config)}")
-    lines += [
-        f"add set {table} {set_name(config)} {{ type ipv4_addr . ipv4_addr; size {SET_SIZE}; "
-        f"flags dynamic,timeout; timeout {SET_TIMEOUT}; }}",
-        f"add chain {table} {config.chain} {{ type filter hook forward priority filter; policy accept; }}",
-        f'add rule {table} {config.chain} {rule_body(config)} comment "{marker(config)}"',
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _ours(items: list[dict[str, Any]], config: HairpinConfig) -> tuple[bool, bool, list[str]]:
-    """Whether our chain and set exist, and the comments of the rules in our chain."""
-    chain = any(item.get("chain", {}).get("name") == config.chain for item in items)
-    named_set = any(item.get("set", {}).get("name") == set_name(config) for item in items)
-    comments = [
-        str(item["rule"].get("comment", ""))
-        for item in items
-        if "rule" in item and item["rule"].get("chain") == config.chain
-    ]
-    return chain, named_set, comments
+    set_spec = f"type ipv4_addr . ipv4_addr; size {SET_SIZE}; flags dynamic,timeout; timeout {SET_TIMEOUT};"
+    return owned(config).script(
+        set_spec, "forward", rule_body(config), marker(config), chain_exists=chain_exists, set_exists=set_exists
+    )
 
 
 async def install_hairpin_rule(config: HairpinConfig, *, netns: str | None = None) -> bool:
@@ -89,44 +71,11 @@ async def install_hairpin_rule(config: HairpinConfig, *, netns: str | None = Non
     Only our chain and our set in table ``inet <config.table>`` are (re)written; other chains in the
     same table and the rest of the ruleset are never flushed.
     """
-    items = await list_table(netns, FAMILY, config.table) or []
-    chain, named_set, comments = _ours(items, config)
-    if chain and named_set and comments == [marker(config)]:
-        return False
-    await apply_script(netns, render_ruleset(config, chain_exists=chain, set_exists=named_set))
-    return True
+    return await owned(config).install(
+        netns, marker(config), lambda chain, named_set: render_ruleset(config, chain_exists=chain, set_exists=named_set)
+    )
 
 
 async def remove_hairpin_rule(config: HairpinConfig, *, netns: str | None = None) -> bool:
     """Remove our chain and set (and the table if nothing else is left in it). False if nothing was there."""
-    items = await list_table(netns, FAMILY, config.table)
-    if items is None:
-        return False
-    chain, named_set, _ = _ours(items, config)
-    table = f"{FAMILY} {config.table}"
-    lines: list[str] = []
-    if chain:
-        lines += [f"flush chain {table} {config.chain}", f"delete chain {table} {config.chain}"]
-    if named_set:
-        lines.append(f"delete set {table} {set_name(config)}")
-    if not lines:
-        return False
-    if _only_ours(items, config):
-        lines.append(f"delete table {table}")
-    await apply_script(netns, "\n".join(lines) + "\n")
-    return True
-
-
-def _only_ours(items: list[dict[str, Any]], config: HairpinConfig) -> bool:
-    for item in items:
-        for kind, body in item.items():
-            if kind == "table":
-                continue
-            if kind == "chain" and body.get("name") == config.chain:
-                continue
-            if kind == "set" and body.get("name") == set_name(config):
-                continue
-            if kind == "rule" and body.get("chain") == config.chain:
-                continue
-            return False
-    return True
+    return await owned(config).remove(netns)

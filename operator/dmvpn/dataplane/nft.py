@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dmvpn.dataplane.netns import netns_path
@@ -59,3 +61,90 @@ async def list_table(netns: str | None, family: str, table: str) -> list[dict[st
         raise DataplaneError(f"nft list table {family} {table} failed ({code}): {err.strip()}")
     items: list[dict[str, Any]] = json.loads(out).get("nftables", [])
     return [item for item in items if "metainfo" not in item]
+
+
+@dataclass(frozen=True)
+class OwnedChain:
+    """One base chain with one rule, and one set, that we own in ``table <family> <table>``. The table may
+    hold other chains (the hub's hairpin chain and the usage counter share ``inet dmvpn``): we create it
+    if missing, never flush it, and only (re)write or remove our chain and set. Our rule's comment is a
+    fingerprint of its configuration, so installing the same one again reads and writes nothing else."""
+
+    family: str
+    table: str
+    chain: str
+    set_name: str
+
+    @property
+    def qualified_table(self) -> str:
+        return f"{self.family} {self.table}"
+
+    def found(self, items: list[dict[str, Any]]) -> tuple[bool, bool, list[str]]:
+        """Whether our chain and set exist, and the comments of the rules in our chain."""
+        chain = any(item.get("chain", {}).get("name") == self.chain for item in items)
+        named_set = any(item.get("set", {}).get("name") == self.set_name for item in items)
+        comments = [
+            str(item["rule"].get("comment", ""))
+            for item in items
+            if "rule" in item and item["rule"].get("chain") == self.chain
+        ]
+        return chain, named_set, comments
+
+    def removal(self, chain_exists: bool, set_exists: bool) -> list[str]:
+        table = self.qualified_table
+        lines: list[str] = []
+        if chain_exists:
+            lines += [f"flush chain {table} {self.chain}", f"delete chain {table} {self.chain}"]
+        if set_exists:
+            lines.append(f"delete set {table} {self.set_name}")
+        return lines
+
+    def script(self, set_spec: str, hook: str, rule: str, marker: str, *, chain_exists: bool, set_exists: bool) -> str:
+        """(Re)write our set and chain: ``set_spec`` inside the set's braces, ``hook`` the base chain's
+        hook, ``rule`` our one rule, commented with ``marker``."""
+        table = self.qualified_table
+        lines = [f"add table {table}", *self.removal(chain_exists, set_exists)]
+        lines += [
+            f"add set {table} {self.set_name} {{ {set_spec} }}",
+            f"add chain {table} {self.chain} {{ type filter hook {hook} priority filter; policy accept; }}",
+            f'add rule {table} {self.chain} {rule} comment "{marker}"',
+        ]
+        return "\n".join(lines) + "\n"
+
+    def only_ours(self, items: list[dict[str, Any]]) -> bool:
+        """Nothing in the table but our chain, its rules and our set."""
+        for item in items:
+            for kind, body in item.items():
+                if kind == "table":
+                    continue
+                if kind == "chain" and body.get("name") == self.chain:
+                    continue
+                if kind == "set" and body.get("name") == self.set_name:
+                    continue
+                if kind == "rule" and body.get("chain") == self.chain:
+                    continue
+                return False
+        return True
+
+    async def install(self, netns: str | None, marker: str, render: Callable[[bool, bool], str]) -> bool:
+        """Apply ``render(chain_exists, set_exists)`` atomically unless our rule already carries
+        ``marker``; True if it changed anything."""
+        items = await list_table(netns, self.family, self.table) or []
+        chain, named_set, comments = self.found(items)
+        if chain and named_set and comments == [marker]:
+            return False
+        await apply_script(netns, render(chain, named_set))
+        return True
+
+    async def remove(self, netns: str | None) -> bool:
+        """Remove our chain and set, and the table if nothing else is left in it. False if none was there."""
+        items = await list_table(netns, self.family, self.table)
+        if items is None:
+            return False
+        lines = self.removal(*self.found(items)[:2])
+        if not lines:
+            return False
+        if self.only_ours(items):
+            lines.append(f"delete table {self.qualified_table}")
+        await apply_script(netns, "\n".join(lines) + "\n")
+        return True

@@ -20,7 +20,7 @@ import json
 from ipaddress import IPv4Address, ip_address
 from typing import Any
 
-from dmvpn.dataplane.nft import apply_script, list_table, run_nft
+from dmvpn.dataplane.nft import OwnedChain, run_nft
 from dmvpn.dataplane.types import DataplaneError, UsageConfig
 
 FAMILY = "inet"
@@ -42,44 +42,29 @@ def marker(config: UsageConfig) -> str:
     return f"dmvpn-usage {digest}"
 
 
+def owned(config: UsageConfig) -> OwnedChain:
+    return OwnedChain(FAMILY, config.table, config.chain, set_name(config))
+
+
 def render_ruleset(config: UsageConfig, *, chain_exists: bool = False, set_exists: bool = False) -> str:
     """The nft script that (re)writes our chain and set and nothing else (pure; unit-tested)."""
-    table = f"{FAMILY} {config.table}"
-    lines = [f"add table {table}"]
-    if chain_exists:
-        lines += [f"flush chain {table} {config.chain}", f"delete chain {table} {config.chain}"]
-    if set_exists:
-        lines.append(f"delete set {table} {set_name(config)}")
-    lines += [
-        f"add set {table} {set_name(config)} {{ type ipv4_addr; size {SET_SIZE}; flags dynamic,timeout; "
-        f"timeout {SET_TIMEOUT}; counter; }}",
-        f"add chain {table} {config.chain} {{ type filter hook output priority filter; policy accept; }}",
-        f'add rule {table} {config.chain} {rule_body(config)} comment "{marker(config)}"',
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _ours(items: list[dict[str, Any]], config: UsageConfig) -> tuple[bool, bool, list[str]]:
-    """Whether our chain and set exist, and the comments of the rules in our chain."""
-    chain = any(item.get("chain", {}).get("name") == config.chain for item in items)
-    named_set = any(item.get("set", {}).get("name") == set_name(config) for item in items)
-    comments = [
-        str(item["rule"].get("comment", ""))
-        for item in items
-        if "rule" in item and item["rule"].get("chain") == config.chain
-    ]
-    return chain, named_set, comments
+    set_spec = f"type ipv4_addr; size {SET_SIZE}; flags dynamic,timeout; timeout {SET_TIMEOUT}; counter;"
+    return owned(config).script(
+        set_spec, "output", rule_body(config), marker(config), chain_exists=chain_exists, set_exists=set_exists
+    )
 
 
 async def install_usage_counter(config: UsageConfig, *, netns: str | None = None) -> bool:
     """Install or update our chain and set atomically; True if it changed anything. An unchanged
     configuration keeps the set, so a restarted agent keeps counting where the previous one was."""
-    items = await list_table(netns, FAMILY, config.table) or []
-    chain, named_set, comments = _ours(items, config)
-    if chain and named_set and comments == [marker(config)]:
-        return False
-    await apply_script(netns, render_ruleset(config, chain_exists=chain, set_exists=named_set))
-    return True
+    return await owned(config).install(
+        netns, marker(config), lambda chain, named_set: render_ruleset(config, chain_exists=chain, set_exists=named_set)
+    )
+
+
+async def remove_usage_counter(config: UsageConfig, *, netns: str | None = None) -> bool:
+    """Remove our chain and set (and the table if nothing else is left in it). False if nothing was there."""
+    return await owned(config).remove(netns)
 
 
 def parse_usage(document: dict[str, Any]) -> dict[IPv4Address, int]:
@@ -112,37 +97,3 @@ async def usage_by_peer(config: UsageConfig, *, netns: str | None = None) -> dic
     except ValueError as error:
         raise DataplaneError(f"nft list set: unreadable JSON: {error}") from error
     return parse_usage(document)
-
-
-async def remove_usage_counter(config: UsageConfig, *, netns: str | None = None) -> bool:
-    """Remove our chain and set (and the table if nothing else is left in it). False if nothing was there."""
-    items = await list_table(netns, FAMILY, config.table)
-    if items is None:
-        return False
-    chain, named_set, _ = _ours(items, config)
-    table = f"{FAMILY} {config.table}"
-    lines: list[str] = []
-    if chain:
-        lines += [f"flush chain {table} {config.chain}", f"delete chain {table} {config.chain}"]
-    if named_set:
-        lines.append(f"delete set {table} {set_name(config)}")
-    if not lines:
-        return False
-    if _only_ours(items, config):
-        lines.append(f"delete table {table}")
-    await apply_script(netns, "\n".join(lines) + "\n")
-    return True
-
-
-def _only_ours(items: list[dict[str, Any]], config: UsageConfig) -> bool:
-    """Nothing but the table itself, our chain, its rules and our set."""
-    for item in items:
-        kind, body = next(iter(item.items()))
-        if kind == "table":
-            continue
-        if kind in ("chain", "set") and body.get("name") in (config.chain, set_name(config)):
-            continue
-        if kind == "rule" and body.get("chain") == config.chain:
-            continue
-        return False
-    return True

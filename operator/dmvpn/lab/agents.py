@@ -288,5 +288,13 @@ class AgentLab:
         events = [(e["kind"], e["text"]) for e in self.agents[site].request("show events")][-30:]
         raise LabError(f"no shortcut at {site} within {timeout_s} s; last events: {events}")
 
+    def wait_idle_expiry(self, site: str, idle_s: float, slack_s: float = 30.0) -> float:
+        """Wait (bounded: ``idle_s + slack_s``) until ``site`` shows no shortcut; returns how long it took."""
+        started = time.monotonic()
+        deadline = started + idle_s + slack_s
+        while time.monotonic() < deadline and self.shortcuts(site):
+            time.sleep(0.5)
+        return time.monotonic() - started
+
     def shortcuts(self, site: str) -> list[dict[str, Any]]:
         return [dict(p) for p in self.agents[site].request("show dmvpn")["peers"] if p["kind"] == "shortcut"]
