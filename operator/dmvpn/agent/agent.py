@@ -152,7 +152,6 @@ class Agent:
         self._full_due = True  # the first pass compares against the kernel
         self._route_conflicts: set[plan.RouteKey] = set()
         self._sas: list[IkeSaInfo] = []
-        self.sas_at: float | None = None  # when the SA list (and its byte counters) was sampled
         # Bytes per peer at the last sample: the SAs' counters, or without IPsec the data plane's usage
         # counter (GRE we sent to each NBMA address); idle expiry compares samples of it.
         self.traffic: dict[IPv4Address, int] = {}
@@ -176,7 +175,6 @@ class Agent:
     def sas(self, sas: list[IkeSaInfo]) -> None:
         """A new sample of charon's SAs; their byte counters are the traffic sample."""
         self._sas = sas
-        self.sas_at = self.clock()
         self.note_traffic(_bytes_by_peer(sas))
 
     def note_traffic(self, by_peer: dict[IPv4Address, int]) -> None:

@@ -111,11 +111,7 @@ class Dataplane:
 
     async def delete_neighbour(self, tunnel_ip: IPv4Address) -> bool:
         """Remove our binding for ``tunnel_ip``. False if there was none of ours."""
-        index = await self._index()
-        entry = await self._rtnl.neighbour(index, tunnel_ip)
-        if entry is None or not neigh_ops.is_ours(entry, self.proto):
-            return False
-        return await self._rtnl.delete_neighbour(index, tunnel_ip)
+        return await neigh_ops.delete_if_ours(self._rtnl, await self._index(), tunnel_ip, self.proto)
 
     async def neighbours(self) -> tuple[Neighbour, ...]:
         """Our bindings on the device, sorted (empty if there is no device)."""

@@ -14,10 +14,9 @@ configuration, so re-installing the same configuration reads and writes nothing 
 
 from __future__ import annotations
 
-import hashlib
 from ipaddress import IPv4Network
 
-from dmvpn.dataplane.nft import OwnedChain
+from dmvpn.dataplane.nft import OwnedChain, rule_marker
 from dmvpn.dataplane.types import HairpinConfig
 
 FAMILY = "inet"
@@ -49,8 +48,7 @@ def rule_body(config: HairpinConfig) -> str:
 
 def marker(config: HairpinConfig) -> str:
     """The comment that identifies our rule and the configuration it was made from."""
-    digest = hashlib.sha256(rule_body(config).encode()).hexdigest()[:16]
-    return f"dmvpn-hairpin {digest}"
+    return rule_marker("dmvpn-hairpin", rule_body(config))
 
 
 def owned(config: HairpinConfig) -> OwnedChain:

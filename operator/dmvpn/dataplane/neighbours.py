@@ -63,12 +63,16 @@ async def set_all(rtnl: Rtnl, index: int, wanted: Iterable[Neighbour], proto: in
         await rtnl.replace_neighbour(index, want.tunnel_ip, want.nbma, proto)
 
 
+async def delete_if_ours(rtnl: Rtnl, index: int, tunnel_ip: IPv4Address, proto: int) -> bool:
+    """Delete the binding for ``tunnel_ip`` if the kernel holds it as ours (a foreign entry stays): one
+    read and at most one write. False if there was none of ours."""
+    entry = await rtnl.neighbour(index, tunnel_ip)
+    if entry is None or not is_ours(entry, proto):
+        return False
+    return await rtnl.delete_neighbour(index, tunnel_ip)
+
+
 async def remove_ours(rtnl: Rtnl, index: int, gone: Iterable[Neighbour], proto: int) -> tuple[Neighbour, ...]:
-    """Delete each binding if the kernel still holds it as ours (a foreign entry that took the address
-    since stays): one read and at most one write each."""
-    removed: list[Neighbour] = []
-    for neighbour in gone:
-        entry = await rtnl.neighbour(index, neighbour.tunnel_ip)
-        if entry is not None and is_ours(entry, proto) and await rtnl.delete_neighbour(index, neighbour.tunnel_ip):
-            removed.append(neighbour)
-    return tuple(removed)
+    """Delete each binding the kernel still holds as ours (a foreign entry that took the address since
+    stays)."""
+    return tuple([neighbour for neighbour in gone if await delete_if_ours(rtnl, index, neighbour.tunnel_ip, proto)])

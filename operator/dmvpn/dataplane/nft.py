@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -61,6 +62,11 @@ async def list_table(netns: str | None, family: str, table: str) -> list[dict[st
         raise DataplaneError(f"nft list table {family} {table} failed ({code}): {err.strip()}")
     items: list[dict[str, Any]] = json.loads(out).get("nftables", [])
     return [item for item in items if "metainfo" not in item]
+
+
+def rule_marker(kind: str, rule: str) -> str:
+    """The comment that identifies our rule and the configuration it was made from."""
+    return f"{kind} {hashlib.sha256(rule.encode()).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)

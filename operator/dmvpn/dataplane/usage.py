@@ -15,12 +15,11 @@ installing the same configuration again reads and writes nothing else. Elements 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from ipaddress import IPv4Address, ip_address
 from typing import Any
 
-from dmvpn.dataplane.nft import OwnedChain, run_nft
+from dmvpn.dataplane.nft import OwnedChain, rule_marker, run_nft
 from dmvpn.dataplane.types import DataplaneError, UsageConfig
 
 FAMILY = "inet"
@@ -38,8 +37,8 @@ def rule_body(config: UsageConfig) -> str:
 
 
 def marker(config: UsageConfig) -> str:
-    digest = hashlib.sha256(rule_body(config).encode()).hexdigest()[:16]
-    return f"dmvpn-usage {digest}"
+    """The comment that identifies our rule and the configuration it was made from."""
+    return rule_marker("dmvpn-usage", rule_body(config))
 
 
 def owned(config: UsageConfig) -> OwnedChain:
