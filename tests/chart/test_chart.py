@@ -15,6 +15,7 @@ import yaml
 from chartrender import CHART, NAMESPACE, ROOT, manifests, of_kind, one, render
 
 from dmvpn.controller.access import AGENT_ACCESS, OPERATOR_ACCESS, triples
+from dmvpn.ipsec.plugins import CHARON_PLUGINS, charon_load_setting
 
 KUBERNETES_VERSION = kubernetes_validate.latest_version()
 
@@ -31,7 +32,12 @@ NON_DEFAULT: dict[str, Any] = {
         "priorityClassName": "system-cluster-critical",
     },
     "agent": {"metricsPort": 9200, "logLevel": "DEBUG", "nodeSelector": {"dmvpn.io/enabled": "true"}},
-    "charon": {"ipcLock": True, "image": {"repository": "strongswan", "tag": "5.9"}, "logLevel": 2},
+    "charon": {
+        "ipcLock": True,
+        "image": {"repository": "strongswan", "tag": "5.9"},
+        "logLevel": 2,
+        "plugins": [*CHARON_PLUGINS, "eap-tls"],
+    },
     "cni": {"bridge": "br-dmvpn", "hairpinMode": False, "portmap": False, "confDir": "/etc/cni/conf.d"},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
 }
@@ -78,6 +84,17 @@ def test_values_are_checked_by_the_schema() -> None:
         render({"cni": {"bridge": "a-bridge-name-too-long"}})
     with pytest.raises(helm_python.HelmError, match=r"additional properties|additionalProperties|not allowed"):
         render({"operator": {"replicas": 2}})
+    with pytest.raises(helm_python.HelmError, match="plugins"):
+        render({"charon": {"plugins": []}})
+    with pytest.raises(helm_python.HelmError, match="plugins"):
+        render({"charon": {"plugins": ["vici; load_modular = yes"]}})
+
+
+def test_the_chart_loads_the_plugins_the_package_names() -> None:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert tuple(defaults["charon"]["plugins"]) == CHARON_PLUGINS
+    conf = one(manifests(NON_DEFAULT), "ConfigMap", "-charon")["data"]["zz-kube-dmvpn.conf"]
+    assert f"load = {charon_load_setting()} eap-tls\n" in conf
 
 
 def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +162,9 @@ def test_the_agent_runs_on_the_host_network_with_only_the_capabilities_it_needs(
     assert "--vici-socket=/run/vici/charon.vici" in agent["command"]
     charon_conf = one(docs, "ConfigMap", "-charon")["data"]["zz-kube-dmvpn.conf"]
     assert "socket = unix:///run/vici/charon.vici" in charon_conf
+    # only the plugins the profiles need (Debian's default loads every installed one)
+    assert "load_modular = no" in charon_conf
+    assert f"load = {charon_load_setting()}\n" in charon_conf
     with_lock = one(manifests({"charon": {"ipcLock": True}}), "DaemonSet", "-agent")
     charon_caps = with_lock["spec"]["template"]["spec"]["containers"][1]["securityContext"]["capabilities"]["add"]
     assert "IPC_LOCK" in charon_caps

@@ -11,33 +11,37 @@ import socket
 import time
 from pathlib import Path
 
+from dmvpn.ipsec.plugins import charon_load_setting
 from dmvpn.lab.topology import Lab, LabError, Site
 
 CHARON = "/usr/lib/ipsec/charon"
 
-STRONGSWAN_CONF = """\
-charon {
-  load_modular = yes
+# The plugins the product's charon loads (dmvpn.ipsec.plugins), not every installed one; the included
+# plugin files still give their settings.
+STRONGSWAN_CONF = f"""\
+charon {{
+  load_modular = no
+  load = {charon_load_setting()}
   install_routes = no
   retransmit_timeout = 1.0
   retransmit_tries = 4
-  plugins {
+  plugins {{
     include /etc/strongswan.d/charon/*.conf
-    vici {
+    vici {{
       socket = unix:///run/charon.vici
-    }
-  }
-  filelog {
-    lab {
+    }}
+  }}
+  filelog {{
+    lab {{
       path = /run/charon.log
       time_format = %H:%M:%S
       flush_line = yes
       default = 1
       ike = 1
       knl = 1
-    }
-  }
-}
+    }}
+  }}
+}}
 """
 
 
