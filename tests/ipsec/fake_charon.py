@@ -70,7 +70,7 @@ class FakeCharon:
             "uniqueid": str(uid),
             "version": "2",
             "state": state,
-            "local-host": self.local,
+            "local-host": sa["local"],
             "remote-host": sa["remote"],
             "remote-id": sa["remote"],
             "initiator-spi": f"{uid:016x}",
@@ -106,7 +106,7 @@ class FakeCharon:
     def establish(self, conn: str, remote: str, initiator: bool) -> int:
         uid = self._next_id
         self._next_id += 1
-        self.sas[uid] = {"conn": conn, "remote": remote, "initiator": initiator, "child": uid}
+        self.sas[uid] = {"conn": conn, "remote": remote, "initiator": initiator, "child": uid, "local": self.local}
         self._broadcast("ike-updown", {"up": "yes", conn: self._ike_section(uid, with_child=False)})
         self._broadcast("child-updown", {"up": "yes", conn: self._ike_section(uid)})
         return uid

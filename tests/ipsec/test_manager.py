@@ -200,6 +200,27 @@ async def test_shortcut_we_initiate_is_initiated_again_after_a_charon_restart(so
         await charon.stop()
 
 
+async def test_sas_from_an_address_we_moved_away_from_never_count_and_are_terminated(
+    charon: FakeCharon, socket_path: Path
+) -> None:
+    """The node's NBMA address changed and its agent restarted; charon kept the IKE_SAs it had made from the
+    old address. They protect nothing we send now: not up, and ended at once instead of after DPD."""
+    old = charon.establish("dmvpn-peer-192.0.2.11", str(LOW), initiator=True)
+    charon.local = "192.0.2.52"
+    ipsec = manager(socket_path, local=IPv4Address("192.0.2.52"))
+    try:
+        await ipsec.start()
+        assert not ipsec.sa_up(LOW)
+        assert old not in charon.sas, "the stale IKE_SA was terminated"
+        assert await ipsec.ensure_peer(LOW, InitiatePolicy.ONCE) == PeerAction.INITIATED
+        assert await ipsec.wait_sa_up(LOW, 2.0)
+        # moving again while running (a new profile): the SA from .52 goes, .53's is ours
+        await ipsec.apply(ProtectionProfile(IPv4Address("192.0.2.53"), PSK))
+        assert not ipsec.sa_up(LOW) and charon.sas_to(str(LOW)) == []
+    finally:
+        await ipsec.close()
+
+
 async def test_refused_profile_raises_at_start(charon: FakeCharon, socket_path: Path) -> None:
     async def refuse(*_: object) -> dict[str, str]:
         return {"success": "no", "errmsg": "invalid value for: proposals"}

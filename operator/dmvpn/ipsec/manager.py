@@ -119,7 +119,7 @@ class IpsecManager:
         self.socket_path = socket_path
         self.fallback_s = fallback_s
         self.reconnect_max_s = reconnect_max_s
-        self._table = SaTable()
+        self._table = SaTable(local=profile.local_nbma)
         self._desired: dict[IPv4Address, InitiatePolicy] = {}
         self._initiated_at: dict[IPv4Address, float] = {}  # monotonic time of our last initiation per peer
         self._cmd: ViciConnection | None = None
@@ -198,8 +198,10 @@ class IpsecManager:
 
     async def _after_connect(self) -> None:
         """Bring a new session up to date: SAs charon already has, our profile, then our peers."""
-        self._publish(self._table.sync(await self.list_sas()), "sync")
+        sas = await self.list_sas()
+        self._publish(self._table.sync(sas), "sync")
         await self.apply()
+        await self._terminate_stale(sas)
         for peer, policy in self._desired.items():
             self._start_keeper(peer, policy)
 
@@ -320,12 +322,17 @@ class IpsecManager:
         """Make charon hold exactly our connections, shared secret and credentials for ``profile`` (default:
         the current one) and the ensured peers. Idempotent: a second call loads nothing and no SA drops."""
         async with self._apply_lock:
+            moved = profile is not None and profile.local_nbma != self.profile.local_nbma
             if profile is not None and profile != self.profile:
                 self.profile = profile
+                self._table.local = profile.local_nbma
             session = self._session()
             creds = await self._apply_credentials(session)
             loaded_shared, unloaded_shared = await self._apply_shared(session)
             loaded, unloaded = await self._apply_conns(session)
+            if moved:
+                self._publish(self._table.sync(sas := await self.list_sas()), "sync")
+                await self._terminate_stale(sas)
             return ApplyReport(
                 loaded_conns=loaded,
                 unloaded_conns=unloaded,
@@ -388,8 +395,19 @@ class IpsecManager:
     async def _sas_to(self, peer: IPv4Address) -> list[IkeSaInfo]:
         return [ike for ike in await self.list_sas() if ike.remote_host == peer]
 
+    async def _terminate_stale(self, sas: list[IkeSaInfo]) -> int:
+        """End our IKE_SAs from a local address that is no longer our NBMA address (we moved: an agent
+        restarted with a new ``nbma.address``, charon kept running). They carry nothing we send now, and
+        the peer should drop them at once rather than after DPD. Returns how many were terminated."""
+        stale = [ike for ike in sas if _ours(ike.conn) and self._table.stale(ike)]
+        for ike in stale:
+            log.info("terminating IKE_SA %d from %s (our NBMA address is %s now)",
+                     ike.unique_id, ike.local_host, self.profile.local_nbma)  # fmt: skip
+            await self._session().request("terminate", render_terminate(ike.unique_id), check=False)
+        return len(stale)
+
     async def _in_progress(self, peer: IPv4Address) -> bool:
-        return any(ike.state in _ALIVE for ike in await self._sas_to(peer))
+        return any(ike.state in _ALIVE and not self._table.stale(ike) for ike in await self._sas_to(peer))
 
     async def _initiate_unless_in_progress(self, peer: IPv4Address) -> bool:
         """Initiate unless an IKE_SA to ``peer`` is alive or we initiated one moments ago; True if we did.

@@ -2,6 +2,8 @@
 
 A peer is *up* while at least one of its IKE_SAs holds an installed CHILD_SA named ``gre``: only then is
 GRE to it protected, and only then may the agent send to it directly (shortcut route, NHRP reply).
+An IKE_SA from a local address other than our NBMA address (``local``) never counts: it is left from an
+address we moved away from, and the GRE we send now matches none of its policies.
 """
 
 from __future__ import annotations
@@ -32,9 +34,14 @@ class TrackedIke:
 class SaTable:
     """IKE_SAs by unique id; :meth:`up_peers` is derived from them."""
 
-    def __init__(self, child_name: str = CHILD_NAME) -> None:
+    def __init__(self, child_name: str = CHILD_NAME, local: IPv4Address | None = None) -> None:
         self.child_name = child_name
+        self.local = local
         self._ikes: dict[int, TrackedIke] = {}
+
+    def stale(self, ike: IkeSaInfo) -> bool:
+        """From a local address that is not ours (any more)."""
+        return self.local is not None and ike.local_host is not None and ike.local_host != self.local
 
     def up(self, peer: IPv4Address) -> bool:
         return any(ike.peer == peer and ike.children for ike in self._ikes.values())
@@ -61,7 +68,7 @@ class SaTable:
         }
 
     def _track(self, ike: IkeSaInfo) -> TrackedIke | None:
-        if ike.remote_host is None:
+        if ike.remote_host is None or self.stale(ike):
             return None
         tracked = self._ikes.get(ike.unique_id)
         if tracked is None:
