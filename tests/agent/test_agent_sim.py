@@ -7,9 +7,12 @@ import asyncio
 from ipaddress import IPv4Address, IPv4Network
 
 from dmvpn.agent import views
+from dmvpn.agent.agent import Agent
 from dmvpn.dataplane import HairpinEvent, Neighbour, Route
 from dmvpn.ipsec.types import InitiatePolicy
+from dmvpn.nhrp.cache import CacheEntry, EntryType
 from dmvpn.nhrp.codec import PacketType
+from dmvpn.nhrp.engine import ResolutionDone
 
 from .conftest import HUB_NBMA, HUB_TUNNEL, Cloud, FakeDataplane, hub_config, ipv4_header, spoke_config, wait_for
 
@@ -89,6 +92,21 @@ async def test_spokes_resolving_each_other_at_once_leave_the_sa_to_the_lower_add
     assert (S2_NBMA, InitiatePolicy.ONCE) in cloud.ipsecs["spoke-1"].ensured
     assert (S1_NBMA, InitiatePolicy.ONCE) not in cloud.ipsecs["spoke-2"].ensured
     assert (S1_NBMA, InitiatePolicy.AUTO) in cloud.ipsecs["spoke-2"].ensured
+    # spoke-2, waiting, cannot send its reply to spoke-1 directly yet: it hands it to the hub, which passes
+    # it on, so spoke-1 learns spoke-2's address without waiting for spoke-2's own request.
+    assert cloud.agents["spoke-2"].stats.extra.get("replies_relayed", 0) >= 1
+    relayed = [(src, dst) for src, dst, data in cloud.net.sent if data[17] == PacketType.RESOLUTION_REPLY]
+    assert (S2_NBMA, HUB_NBMA) in relayed and (HUB_NBMA, S1_NBMA) in relayed
+    assert cloud.agents["spoke-1"].stats.extra.get("replies_relayed", 0) == 0, "the lower address never waits"
+
+
+def test_a_reply_that_came_through_an_nhs_makes_the_requester_initiate_at_once() -> None:
+    """Relayed (the responder waits for us, or an NHS answered for a spoke that never saw the request):
+    nobody else brings the SA up. Straight from the responder: it came over the responder's SA."""
+    entry = CacheEntry(prefix=S2_LAN, type=EntryType.SHORTCUT, nbma=S2_NBMA, next_hop=S2_TUNNEL)
+    relayed = ResolutionDone(IPv4Address("10.1.2.10"), entry, relayed=True)
+    assert Agent._shortcut_policy(relayed) is InitiatePolicy.ONCE
+    assert Agent._shortcut_policy(ResolutionDone(relayed.destination, entry)) is InitiatePolicy.AUTO
 
 
 async def test_idle_shortcut_expires_with_its_sa(cloud: Cloud) -> None:

@@ -391,6 +391,52 @@ def test_responder_answers_even_when_it_already_has_a_shortcut(net: SimNet) -> N
     assert b.cache.get(SITE_A).type == EntryType.SHORTCUT  # type: ignore[union-attr]
 
 
+def test_a_reply_to_a_request_that_came_through_the_hub_names_the_hub_as_relay(net: SimNet) -> None:
+    _, a, _ = hub_and_two_spokes(net)
+    net.take(a, a.resolve(A("10.20.0.5"), net.now))
+    sends: list[Send] = []
+    for _ in range(10):  # a -> hub -> b, stopping before b's reply goes out
+        sender, send = net.queue.pop(0)
+        actions = net.nodes[send.nbma].receive(send.data, sender, net.now)
+        if send.nbma == SPOKE_B_NBMA:
+            sends = [x for x in actions if isinstance(x, Send)]
+            break
+        net.take(net.nodes[send.nbma], actions)
+    [reply] = sends
+    assert reply.packet_type == PacketType.RESOLUTION_REPLY
+    assert (reply.nbma, reply.relay) == (SPOKE_A_NBMA, HUB_NBMA)
+
+
+def test_a_reply_relayed_by_the_hub_reaches_the_requester_as_relayed(net: SimNet) -> None:
+    """RFC 2332's reverse path: the responder hands its reply to the hub, which passes it on (adding itself
+    to the reverse transit record); the requester takes the responder's NBMA from the CIE."""
+    _, a, _ = hub_and_two_spokes(net)
+    net.take(a, a.resolve(A("10.20.0.5"), net.now))
+    for _ in range(10):
+        sender, send = net.queue.pop(0)
+        if sender == SPOKE_B_NBMA and send.packet_type == PacketType.RESOLUTION_REPLY:
+            assert send.relay == HUB_NBMA
+            net.queue.insert(0, (sender, replace(send, nbma=send.relay)))  # to the hub instead
+            break
+        net.take(net.nodes[send.nbma], net.nodes[send.nbma].receive(send.data, sender, net.now))
+    net.run()
+    relayed = net.sent(PacketType.RESOLUTION_REPLY, src=HUB_NBMA, dst=SPOKE_A_NBMA)
+    assert relayed, "the hub passed the reply on"
+    transit = find_extension(relayed[0].packet, ReverseTransitNHS)  # type: ignore[arg-type]
+    assert transit is not None and [c.client_protocol for c in transit.cies] == [HUB]
+    [done] = net.of(SPOKE_A_NBMA, ResolutionDone)
+    assert done.relayed and done.entry.nbma == SPOKE_B_NBMA  # type: ignore[attr-defined]
+    assert a.cache.get(SITE_B).type == EntryType.SHORTCUT  # type: ignore[union-attr]
+
+
+def test_a_reply_straight_from_the_responder_is_not_relayed(net: SimNet) -> None:
+    _, a, _ = hub_and_two_spokes(net)
+    net.call(a, a.resolve, A("10.20.0.5"))
+    [done] = net.of(SPOKE_A_NBMA, ResolutionDone)
+    assert not done.relayed  # type: ignore[attr-defined]
+    assert [s.dst for s in net.sent(PacketType.RESOLUTION_REPLY)] == [SPOKE_A_NBMA]
+
+
 def test_cached_result_is_returned_without_asking(net: SimNet) -> None:
     _, a, _ = hub_and_two_spokes(net)
     net.call(a, a.resolve, A("10.20.0.5"))

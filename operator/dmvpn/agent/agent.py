@@ -373,9 +373,20 @@ class Agent:
             held.append((self.clock(), action))
             self.stats.sends_held_for_sa += 1
             if not self.config.is_hub:
-                self._spawn(self._ensure_peer(nbma, self._policy_for(nbma), "nhrp"))
+                policy = self._policy_for(nbma)
+                if policy is InitiatePolicy.AUTO and action.relay is not None:
+                    self._relay(action, action.relay)
+                self._spawn(self._ensure_peer(nbma, policy, "nhrp"))
             return
         self._transmit(action)
+
+    def _relay(self, action: Send, nhs: Address) -> None:
+        """We leave the SA to the requester (the tie-break), which cannot initiate before it knows our NBMA
+        address from our reply: hand the reply to the NHS its request came through (the NHS passes it
+        on over its own SA). The held direct copy still goes once the SA is up, should this one be lost.
+        The requester, seeing the reply come from an NHS, initiates at once (``_resolved``)."""
+        self.stats.extra["replies_relayed"] = self.stats.extra.get("replies_relayed", 0) + 1
+        self._send(Send(nhs, action.data, action.packet_type))
 
     def _transmit(self, action: Send) -> None:
         if self.transport is None:
@@ -453,7 +464,15 @@ class Agent:
         if isinstance(entry.nbma, IPv4Address):
             self._usage[entry.nbma] = PeerUsage(last_active=self.clock())
             if self.ipsec is not None and entry.nbma not in self._sa_up:
-                self._spawn(self._ensure_peer(entry.nbma, InitiatePolicy.AUTO, "shortcut"))
+                self._spawn(self._ensure_peer(entry.nbma, self._shortcut_policy(done), "shortcut"))
+
+    @staticmethod
+    def _shortcut_policy(done: ResolutionDone) -> InitiatePolicy:
+        """A reply straight from the responder came over an SA it brought up, so normally it is up here too
+        and AUTO only covers a lost event. A reply that came through an NHS means nobody is bringing the SA
+        up: an NHS answered for a spoke that never saw our request, or the responder relayed it and waits
+        for us (the tie-break in ``_responder_policy``), so we initiate at once."""
+        return InitiatePolicy.ONCE if done.relayed else InitiatePolicy.AUTO
 
     # --- IPsec -------------------------------------------------------------------------------------
 

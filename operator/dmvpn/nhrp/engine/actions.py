@@ -10,11 +10,16 @@ from dmvpn.nhrp.codec import Address, PacketType
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Transmit ``data`` (an encoded NHRP packet) to the peer at NBMA address ``nbma``."""
+    """Transmit ``data`` (an encoded NHRP packet) to the peer at NBMA address ``nbma``.
+
+    ``relay``: for a Resolution Reply to a request that came through an NHS, that NHS. RFC 2332 lets a reply
+    travel back along the request's path, through NHSs that pass it on, so a driver that cannot reach
+    ``nbma`` yet (no SA to it) can hand the reply to the NHS instead of only holding it."""
 
     nbma: Address
     data: bytes
     packet_type: PacketType
+    relay: Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,9 @@ class NHSStateChanged:
 class ResolutionDone:
     destination: Address
     entry: CacheEntry  # the binding covering the destination
+    # The reply came from an NHS, not from the responder itself: an NHS answered, or the responder
+    # handed its reply to the NHS because it cannot reach us directly yet (and waits for us to).
+    relayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,10 +101,10 @@ class Context:
 
     # --- output -------------------------------------------------------------------------------
 
-    def send(self, nbma: Address, packet: Packet) -> None:
+    def send(self, nbma: Address, packet: Packet, relay: Address | None = None) -> None:
         packet = self.with_our_authentication(packet)
         self.counters.packets_out[packet.packet_type] += 1
-        self.out.append(Send(nbma, encode(packet), packet.packet_type))
+        self.out.append(Send(nbma, encode(packet), packet.packet_type, relay))
 
     def send_error(
         self, nbma: Address, code: ErrorCode, *, offset: int, quoted: bytes, about: Address | None, now: float

@@ -195,7 +195,7 @@ class Resolver:
             ctx.cache_put(replace(entry, prefix=host_network(next_hop)))
         if ctx.cache_put(entry):
             ctx.counters.events["shortcut_installed"] += 1
-            ctx.out.append(ResolutionDone(destination, entry))
+            ctx.out.append(ResolutionDone(destination, entry, relayed=ctx.is_nhs(nbma)))
         else:
             ctx.out.append(ResolutionFailed(destination, "refused-by-cache"))
 

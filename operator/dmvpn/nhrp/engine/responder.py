@@ -4,6 +4,9 @@ The reply goes straight to the requester's NBMA address (that is what builds the
 requester's own binding is cached at the same time so that the shortcut works in both directions
 at once. We answer whether or not we already have a shortcut to the requester: FRR issue 4845 is a
 spoke that stopped answering once it had one, leaving the other direction through the hub.
+When the request came through an NHS, the reply's ``Send`` names it as ``relay``: a driver that cannot
+reach the requester directly yet may hand the reply back along the request's path (RFC 2332 lets replies
+take it; our NHSs pass foreign replies on).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ class Responder:
             return
         self._cache_requester(request, requester_nbma, now)
         self.ctx.counters.events["resolution_answered"] += 1
-        self.ctx.send(requester_nbma, self.reply(request, owned))
+        relay = nbma if nbma != requester_nbma and self.ctx.is_nhs(nbma) else None
+        self.ctx.send(requester_nbma, self.reply(request, owned), relay=relay)
 
     def reply(self, request: Message, owned: Network) -> Message:
         config = self.ctx.config
