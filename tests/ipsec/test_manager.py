@@ -22,6 +22,7 @@ from dmvpn.ipsec import (
     SaEventStream,
     X509Auth,
 )
+from dmvpn.ipsec import manager as manager_module
 from dmvpn.ipsec.client import ViciConnection
 
 LOW, MID, HIGH = IPv4Address("192.0.2.11"), IPv4Address("192.0.2.12"), IPv4Address("192.0.2.13")
@@ -76,6 +77,26 @@ async def test_start_loads_profile_and_reapply_changes_nothing(charon: FakeCharo
     async with manager(socket_path) as again:
         assert list(charon.conns) == ["dmvpn"]
         assert not (await again.apply()).changed
+
+
+async def test_ensuring_a_peer_trusts_what_the_session_loaded_and_asks_charon_again_later(
+    charon: FakeCharon, socket_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each VICI round trip delays the peer's IKE: ensure_peer loads the new connection without first
+    listing charon's connections and secrets, but what someone else removed is repaired by the next
+    check (every _VERIFY_EVERY_S)."""
+    async with manager(socket_path) as ipsec:
+        asked = charon.commands["get-conns"], charon.commands["get-shared"]
+        await ipsec.ensure_peer(LOW, InitiatePolicy.ONCE)
+        assert (charon.commands["get-conns"], charon.commands["get-shared"]) == asked
+        assert "dmvpn-peer-192.0.2.11" in charon.conns
+        del charon.conns["dmvpn-peer-192.0.2.11"]  # an admin's swanctl --load-all, say
+        await ipsec.ensure_peer(HIGH)
+        assert "dmvpn-peer-192.0.2.11" not in charon.conns, "not asked yet: the record is trusted"
+        monkeypatch.setattr(manager_module, "_VERIFY_EVERY_S", 0.0)
+        await ipsec.ensure_peer(HIGH)
+        assert charon.commands["get-conns"] == asked[0] + 1
+        assert {"dmvpn-peer-192.0.2.11", "dmvpn-peer-192.0.2.13"} <= set(charon.conns), "repaired"
 
 
 async def test_lower_address_initiates_and_the_sa_up_event_arrives(charon: FakeCharon, socket_path: Path) -> None:

@@ -53,6 +53,9 @@ _DEDUPE_WINDOW_S = 60
 _DEDUPE_SETTLE_S = 1.0
 #: An initiation this recent counts as in progress though charon's list-sas may not show it yet.
 _INITIATE_CLAIM_S = 1.5
+#: How long the manager trusts its record of what it loaded before asking charon again (``get-conns``,
+#: ``get-shared``): a peer's IKE waits for every round trip, and under load each costs tens of ms.
+_VERIFY_EVERY_S = 60.0
 
 
 class SaEventStream:
@@ -126,6 +129,7 @@ class IpsecManager:
         self._ev: ViciConnection | None = None
         self._loaded_conns: dict[str, ViciDict] = {}
         self._loaded_shared: dict[str, ViciDict] = {}
+        self._verified_at: float | None = None  # monotonic time of the last apply that asked charon
         self._loaded_creds: tuple[list[ViciDict], list[ViciDict]] | None = None
         self._subscribers: list[SaEventStream] = []
         self._changed = asyncio.Event()
@@ -188,6 +192,7 @@ class IpsecManager:
         # A new charon knows nothing of what we loaded into the old one.
         self._loaded_conns.clear()
         self._loaded_shared.clear()
+        self._verified_at = None
         self._loaded_creds = None
 
     async def _disconnect(self) -> None:
@@ -318,9 +323,14 @@ class IpsecManager:
             raise CharonUnavailable(f"not connected to charon at {self.socket_path}")
         return self._cmd
 
-    async def apply(self, profile: ProtectionProfile | None = None) -> ApplyReport:
+    async def apply(self, profile: ProtectionProfile | None = None, *, verify: bool = True) -> ApplyReport:
         """Make charon hold exactly our connections, shared secret and credentials for ``profile`` (default:
-        the current one) and the ensured peers. Idempotent: a second call loads nothing and no SA drops."""
+        the current one) and the ensured peers. Idempotent: a second call loads nothing and no SA drops.
+
+        ``verify=False`` trusts our record of what this session loaded instead of asking charon first
+        (``get-conns``/``get-shared``), unless the last check is older than :data:`_VERIFY_EVERY_S`: what
+        someone else changed in charon is then repaired within that time."""
+        verify = verify or self._verified_at is None or time.monotonic() - self._verified_at > _VERIFY_EVERY_S
         async with self._apply_lock:
             moved = profile is not None and profile.local_nbma != self.profile.local_nbma
             if profile is not None and profile != self.profile:
@@ -328,8 +338,10 @@ class IpsecManager:
                 self._table.local = profile.local_nbma
             session = self._session()
             creds = await self._apply_credentials(session)
-            loaded_shared, unloaded_shared = await self._apply_shared(session)
-            loaded, unloaded = await self._apply_conns(session)
+            loaded_shared, unloaded_shared = await self._apply_shared(session, verify)
+            loaded, unloaded = await self._apply_conns(session, verify)
+            if verify:
+                self._verified_at = time.monotonic()
             if moved:
                 self._publish(self._table.sync(sas := await self.list_sas()), "sync")
                 await self._terminate_stale(sas)
@@ -354,9 +366,12 @@ class IpsecManager:
         self._loaded_creds = (certs, keys)
         return tuple(["ca-certificate", "certificate"][: len(certs)] + ["private-key"] * len(keys))
 
-    async def _apply_shared(self, session: ViciConnection) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    async def _apply_shared(self, session: ViciConnection, verify: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
         desired = render_shared(self.profile)
-        present = {_text(key) for key in (await session.request("get-shared")).get("keys", [])}
+        if verify:
+            present = {_text(key) for key in (await session.request("get-shared")).get("keys", [])}
+        else:
+            present = set(self._loaded_shared)
         loaded, unloaded = [], []
         for ident, message in desired.items():
             if ident not in present or self._loaded_shared.get(ident) != message:
@@ -370,9 +385,12 @@ class IpsecManager:
                 unloaded.append(ident)
         return tuple(loaded), tuple(unloaded)
 
-    async def _apply_conns(self, session: ViciConnection) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    async def _apply_conns(self, session: ViciConnection, verify: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
         desired = render_conns(self.profile, frozenset(self._desired))
-        present = {_text(name) for name in (await session.request("get-conns")).get("conns", [])}
+        if verify:
+            present = {_text(name) for name in (await session.request("get-conns")).get("conns", [])}
+        else:
+            present = set(self._loaded_conns)
         loaded, unloaded = [], []
         for name, conn in desired.items():
             if name not in present or self._loaded_conns.get(name) != conn:
@@ -449,7 +467,7 @@ class IpsecManager:
             raise ValueError(f"{nbma} is our own NBMA address")
         changed = self._desired.get(nbma) != policy
         self._desired[nbma] = policy
-        await self.apply()
+        await self.apply(verify=False)
         if self._table.up(nbma):
             action = PeerAction.ALREADY_UP
         elif we_initiate(self.profile.local_nbma, nbma, policy):
@@ -470,7 +488,7 @@ class IpsecManager:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.terminate_peer(nbma)
-        await self.apply()
+        await self.apply(verify=False)
 
     async def terminate_peer(self, nbma: IPv4Address) -> int:
         """Terminate every IKE_SA to ``nbma`` (the connection stays loaded); returns how many."""
