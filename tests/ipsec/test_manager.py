@@ -99,6 +99,20 @@ async def test_ensuring_a_peer_trusts_what_the_session_loaded_and_asks_charon_ag
         assert {"dmvpn-peer-192.0.2.11", "dmvpn-peer-192.0.2.13"} <= set(charon.conns), "repaired"
 
 
+async def test_removing_a_peer_whose_connection_someone_else_unloaded_still_works(
+    charon: FakeCharon, socket_path: Path
+) -> None:
+    """A second manager on the same charon (an agent restarted while the first still ran, as the kernel lab
+    does) unloaded our peer's connection: our record is stale and the unload fails; the apply checks what
+    charon holds and carries on."""
+    async with manager(socket_path) as ipsec:
+        await ipsec.ensure_peer(LOW, InitiatePolicy.ONCE)
+        assert await ipsec.wait_sa_up(LOW, 2.0)
+        del charon.conns["dmvpn-peer-192.0.2.11"]
+        await ipsec.remove_peer(LOW)
+        assert set(charon.conns) == {"dmvpn"} and charon.sas_to(str(LOW)) == []
+
+
 async def test_lower_address_initiates_and_the_sa_up_event_arrives(charon: FakeCharon, socket_path: Path) -> None:
     async with manager(socket_path) as ipsec:
         stream = ipsec.events()

@@ -338,8 +338,18 @@ class IpsecManager:
                 self._table.local = profile.local_nbma
             session = self._session()
             creds = await self._apply_credentials(session)
-            loaded_shared, unloaded_shared = await self._apply_shared(session, verify)
-            loaded, unloaded = await self._apply_conns(session, verify)
+            try:
+                loaded_shared, unloaded_shared = await self._apply_shared(session, verify)
+                loaded, unloaded = await self._apply_conns(session, verify)
+            except IpsecError as error:
+                if verify:
+                    raise
+                # charon no longer holds what our record says (someone unloaded a connection of ours: an
+                # unload of it fails): apply again against what charon does hold.
+                log.info("charon's connections differ from our record (%s); checking them", error)
+                loaded_shared, unloaded_shared = await self._apply_shared(session, True)
+                loaded, unloaded = await self._apply_conns(session, True)
+                verify = True
             if verify:
                 self._verified_at = time.monotonic()
             if moved:
