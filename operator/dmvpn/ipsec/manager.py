@@ -57,6 +57,8 @@ _INITIATE_CLAIM_S = 1.5
 #: ``get-shared``): a peer's IKE waits for every round trip, and under load each costs tens of ms.
 _VERIFY_EVERY_S = 60.0
 
+_Delta = tuple[tuple[str, ...], tuple[str, ...]]  # names (loaded, unloaded) by one part of an apply
+
 
 class SaEventStream:
     """One subscriber's queue of :class:`SaEvent` (``async for event in stream``); ``close()`` ends it.
@@ -203,10 +205,8 @@ class IpsecManager:
 
     async def _after_connect(self) -> None:
         """Bring a new session up to date: SAs charon already has, our profile, then our peers."""
-        sas = await self.list_sas()
-        self._publish(self._table.sync(sas), "sync")
+        await self._sync_and_end_stale()
         await self.apply()
-        await self._terminate_stale(sas)
         for peer, policy in self._desired.items():
             self._start_keeper(peer, policy)
 
@@ -339,22 +339,19 @@ class IpsecManager:
             session = self._session()
             creds = await self._apply_credentials(session)
             try:
-                loaded_shared, unloaded_shared = await self._apply_shared(session, verify)
-                loaded, unloaded = await self._apply_conns(session, verify)
+                (loaded_shared, unloaded_shared), (loaded, unloaded) = await self._apply_loaded(session, verify)
             except IpsecError as error:
                 if verify:
                     raise
                 # charon no longer holds what our record says (someone unloaded a connection of ours: an
                 # unload of it fails): apply again against what charon does hold.
                 log.info("charon's connections differ from our record (%s); checking them", error)
-                loaded_shared, unloaded_shared = await self._apply_shared(session, True)
-                loaded, unloaded = await self._apply_conns(session, True)
                 verify = True
+                (loaded_shared, unloaded_shared), (loaded, unloaded) = await self._apply_loaded(session, verify)
             if verify:
                 self._verified_at = time.monotonic()
             if moved:
-                self._publish(self._table.sync(sas := await self.list_sas()), "sync")
-                await self._terminate_stale(sas)
+                await self._sync_and_end_stale()
             return ApplyReport(
                 loaded_conns=loaded,
                 unloaded_conns=unloaded,
@@ -376,7 +373,11 @@ class IpsecManager:
         self._loaded_creds = (certs, keys)
         return tuple(["ca-certificate", "certificate"][: len(certs)] + ["private-key"] * len(keys))
 
-    async def _apply_shared(self, session: ViciConnection, verify: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    async def _apply_loaded(self, session: ViciConnection, verify: bool) -> tuple[_Delta, _Delta]:
+        """The shared secret, then the connections: (loaded, unloaded) names of each."""
+        return await self._apply_shared(session, verify), await self._apply_conns(session, verify)
+
+    async def _apply_shared(self, session: ViciConnection, verify: bool) -> _Delta:
         desired = render_shared(self.profile)
         if verify:
             present = {_text(key) for key in (await session.request("get-shared")).get("keys", [])}
@@ -395,7 +396,7 @@ class IpsecManager:
                 unloaded.append(ident)
         return tuple(loaded), tuple(unloaded)
 
-    async def _apply_conns(self, session: ViciConnection, verify: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    async def _apply_conns(self, session: ViciConnection, verify: bool) -> _Delta:
         desired = render_conns(self.profile, frozenset(self._desired))
         if verify:
             present = {_text(name) for name in (await session.request("get-conns")).get("conns", [])}
@@ -423,16 +424,20 @@ class IpsecManager:
     async def _sas_to(self, peer: IPv4Address) -> list[IkeSaInfo]:
         return [ike for ike in await self.list_sas() if ike.remote_host == peer]
 
-    async def _terminate_stale(self, sas: list[IkeSaInfo]) -> int:
-        """End our IKE_SAs from a local address that is no longer our NBMA address (we moved: an agent
-        restarted with a new ``nbma.address``, charon kept running). They carry nothing we send now, and
-        the peer should drop them at once rather than after DPD. Returns how many were terminated."""
-        stale = [ike for ike in sas if _ours(ike.conn) and self._table.stale(ike)]
-        for ike in stale:
-            log.info("terminating IKE_SA %d from %s (our NBMA address is %s now)",
-                     ike.unique_id, ike.local_host, self.profile.local_nbma)  # fmt: skip
-            await self._session().request("terminate", render_terminate(ike.unique_id), check=False)
-        return len(stale)
+    async def _terminate(self, ike: IkeSaInfo) -> None:
+        await self._session().request("terminate", render_terminate(ike.unique_id), check=False)
+
+    async def _sync_and_end_stale(self) -> None:
+        """Take charon's SAs as they are now, then end our IKE_SAs from a local address that is no longer
+        our NBMA address (we moved: an agent restarted with a new ``nbma.address``, charon kept running).
+        They carry nothing we send now, and the peer should drop them at once rather than after DPD."""
+        sas = await self.list_sas()
+        self._publish(self._table.sync(sas), "sync")
+        for ike in sas:
+            if _ours(ike.conn) and self._table.stale(ike):
+                log.info("terminating IKE_SA %d from %s (our NBMA address is %s now)",
+                         ike.unique_id, ike.local_host, self.profile.local_nbma)  # fmt: skip
+                await self._terminate(ike)
 
     async def _in_progress(self, peer: IPv4Address) -> bool:
         return any(ike.state in _ALIVE and not self._table.stale(ike) for ike in await self._sas_to(peer))
@@ -504,7 +509,7 @@ class IpsecManager:
         """Terminate every IKE_SA to ``nbma`` (the connection stays loaded); returns how many."""
         sas = await self._sas_to(nbma)
         for ike in sas:
-            await self._session().request("terminate", render_terminate(ike.unique_id), check=False)
+            await self._terminate(ike)
         return len(sas)
 
     def _start_keeper(self, peer: IPv4Address, policy: InitiatePolicy, initiated: bool = False) -> None:
@@ -573,7 +578,7 @@ class IpsecManager:
         for index, ike in enumerate(sas):
             if index != keep:
                 log.info("terminating duplicate IKE_SA %d to %s (crossed initiations)", ike.unique_id, peer)
-                await self._session().request("terminate", render_terminate(ike.unique_id), check=False)
+                await self._terminate(ike)
 
 
 def _text(value: Any) -> str:
