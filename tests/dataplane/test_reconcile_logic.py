@@ -15,8 +15,6 @@ from dmvpn.dataplane.rtnl import (
     IFF_NOARP,
     IFF_UP,
     NUD_FAILED,
-    NUD_PERMANENT,
-    RT_SCOPE_LINK,
     RT_TABLE_MAIN,
     GreParams,
     Link,
@@ -24,6 +22,7 @@ from dmvpn.dataplane.rtnl import (
     RouteEntry,
     Rtnl,
 )
+from dmvpn.dataplane.rtwrite import NUD_PERMANENT, RT_SCOPE_LINK
 
 OURS = 0xD5
 DEV = 10

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from ipaddress import IPv4Address
 
-from dmvpn.dataplane.rtnl import NUD_PERMANENT, NeighEntry, Rtnl
+from dmvpn.dataplane.rtnl import NeighEntry, Rtnl
+from dmvpn.dataplane.rtwrite import NUD_PERMANENT
 from dmvpn.dataplane.types import Neighbour, ReconcileReport
 
 

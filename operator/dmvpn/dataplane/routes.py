@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from ipaddress import IPv4Network
 
-from dmvpn.dataplane.rtnl import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RouteEntry, Rtnl
+from dmvpn.dataplane.rtnl import RT_TABLE_MAIN, RouteEntry, Rtnl
+from dmvpn.dataplane.rtwrite import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE
 from dmvpn.dataplane.types import Changes, ReconcileReport, Route
 
 RouteKey = tuple[IPv4Network, int]  # what the kernel keys a route by (table fixed): prefix and metric

@@ -1,5 +1,8 @@
 """Small typed wrappers over pyroute2's ``AsyncIPRoute``: the only module that calls it.
 
+The per-shortcut writes (neighbour set/delete, route add/replace/delete) go out on a second rtnetlink
+socket, encoded by :mod:`dmvpn.dataplane.rtwrite` (why: its docstring); reads and links stay on pyroute2.
+
 pyroute2 has no type hints and returns dict-like messages; everything leaving this module is a plain
 typed value. Every write goes through :meth:`Rtnl._write`, which counts it (idempotence is asserted
 by counting) and turns ``NetlinkError`` into :class:`DataplaneError` with the errno spelled out.
@@ -16,8 +19,10 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from dmvpn.dataplane import rtwrite
 from dmvpn.dataplane.errors import EEXIST, NOT_THERE, netlink_failure
 from dmvpn.dataplane.netns import netns_path
+from dmvpn.dataplane.rtwrite import RTNH_F_ONLINK
 from dmvpn.dataplane.types import GRE_KEY_FLAG, DataplaneError, InterfaceStats, NamespaceGone
 
 IFF_UP = 0x1
@@ -26,12 +31,7 @@ NUD_INCOMPLETE = 0x01
 NUD_REACHABLE = 0x02
 NUD_FAILED = 0x20
 NUD_NOARP = 0x40
-NUD_PERMANENT = 0x80
-RTNH_F_ONLINK = 0x4
 RT_TABLE_MAIN = 254
-RT_SCOPE_UNIVERSE = 0
-RT_SCOPE_LINK = 253
-RTN_UNICAST = 1
 
 
 @dataclass(frozen=True)
@@ -193,6 +193,7 @@ class Rtnl:
         self.netns = netns
         self.writes = 0
         self._ipr: Any = None
+        self._writer = rtwrite.RouteWriter(netns)
 
     async def open(self) -> None:
         if self._ipr is not None:
@@ -207,12 +208,18 @@ class Rtnl:
         except (OSError, NetlinkError) as err:
             ipr.close()
             raise NamespaceGone(f"cannot open netlink in namespace {self.netns}: {err}") from err
+        try:
+            self._writer.open()
+        except OSError as err:
+            ipr.close()
+            raise NamespaceGone(f"cannot open netlink in namespace {self.netns}: {err}") from err
         self._ipr = ipr
 
     def close(self) -> None:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        self._writer.close()
 
     @property
     def ipr(self) -> Any:
@@ -230,6 +237,18 @@ class Rtnl:
                 return False
             raise netlink_failure(action, err.code) from err
         return True
+
+    async def _fast_write(self, action: str, message: rtwrite.Message, ok_codes: frozenset[int]) -> bool:
+        """:meth:`_write` for a request encoded by :mod:`dmvpn.dataplane.rtwrite`."""
+        self.writes += 1
+        if self._ipr is None:
+            raise DataplaneError("netlink socket is not open (use 'async with')")
+        code = await self._writer.write(message)
+        if code == 0:
+            return True
+        if code in ok_codes:
+            return False
+        raise netlink_failure(action, code)
 
     # --- links -----------------------------------------------------------------------------------
 
@@ -340,26 +359,15 @@ class Rtnl:
         return None
 
     async def replace_neighbour(self, index: int, dst: IPv4Address, lladdr: IPv4Address, proto: int) -> None:
-        await self._write(
+        await self._fast_write(
             f"set neighbour {dst} lladdr {lladdr} on #{index}",
-            lambda: self.ipr.neigh(
-                "replace",
-                ifindex=index,
-                dst=str(dst),
-                lladdr=str(lladdr),
-                state=NUD_PERMANENT,
-                protocol=proto,
-                family=socket.AF_INET,
-            ),
+            rtwrite.set_neighbour(index, dst, lladdr, proto),
             frozenset(),
         )
 
     async def delete_neighbour(self, index: int, dst: IPv4Address) -> bool:
-        return await self._write(
-            f"delete neighbour {dst} on #{index}",
-            lambda: self.ipr.neigh("del", ifindex=index, dst=str(dst), family=socket.AF_INET),
-            NOT_THERE,
-        )
+        message = rtwrite.delete_neighbour(index, dst)
+        return await self._fast_write(f"delete neighbour {dst} on #{index}", message, NOT_THERE)
 
     # --- routes ----------------------------------------------------------------------------------
 
@@ -372,45 +380,17 @@ class Rtnl:
                 found.append(entry)
         return found
 
-    def _route_kwargs(
-        self, prefix: IPv4Network, via: IPv4Address | None, oif: int, metric: int, proto: int
-    ) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "dst": str(prefix.network_address),
-            "dst_len": prefix.prefixlen,
-            "oif": oif,
-            "proto": proto,
-            "table": RT_TABLE_MAIN,
-            "type": RTN_UNICAST,
-            "priority": metric,
-            "family": socket.AF_INET,
-        }
-        if via is None:
-            kwargs["scope"] = RT_SCOPE_LINK
-        else:
-            kwargs.update(gateway=str(via), flags=RTNH_F_ONLINK, scope=RT_SCOPE_UNIVERSE)
-        return kwargs
-
     async def add_route(self, prefix: IPv4Network, via: IPv4Address | None, oif: int, metric: int, proto: int) -> bool:
         """Create (never replace); False if a route with the same key already exists (maybe not ours)."""
-        kwargs = self._route_kwargs(prefix, via, oif, metric, proto)
-        return await self._write(f"add route {prefix}", lambda: self.ipr.route("add", **kwargs), frozenset({EEXIST}))
+        message = rtwrite.set_route(prefix, via, oif, metric, proto, RT_TABLE_MAIN, replace=False)
+        return await self._fast_write(f"add route {prefix}", message, frozenset({EEXIST}))
 
     async def replace_route(
         self, prefix: IPv4Network, via: IPv4Address | None, oif: int, metric: int, proto: int
     ) -> None:
-        kwargs = self._route_kwargs(prefix, via, oif, metric, proto)
-        await self._write(f"replace route {prefix}", lambda: self.ipr.route("replace", **kwargs), frozenset())
+        message = rtwrite.set_route(prefix, via, oif, metric, proto, RT_TABLE_MAIN, replace=True)
+        await self._fast_write(f"replace route {prefix}", message, frozenset())
 
     async def delete_route(self, route: RouteEntry) -> bool:
-        kwargs: dict[str, Any] = {
-            "dst": str(route.prefix.network_address),
-            "dst_len": route.prefix.prefixlen,
-            "proto": route.proto,
-            "table": route.table,
-            "priority": route.metric,
-            "family": socket.AF_INET,
-        }
-        if route.oif is not None:
-            kwargs["oif"] = route.oif
-        return await self._write(f"delete route {route.prefix}", lambda: self.ipr.route("del", **kwargs), NOT_THERE)
+        message = rtwrite.delete_route(route.prefix, route.oif, route.metric, route.proto, route.table)
+        return await self._fast_write(f"delete route {route.prefix}", message, NOT_THERE)
