@@ -40,6 +40,7 @@ class FakeCharon:
         self.keys: list[dict[str, Any]] = []
         self.sas: dict[int, dict[str, Any]] = {}  # unique id -> {conn, remote, initiator, child}
         self.commands: Counter[str] = Counter()
+        self.registrations: Counter[str] = Counter()  # event registrations received, by event
         self.initiate_delay_s = 0.0
         self._next_id = 1
         self._subscribers: dict[asyncio.StreamWriter, set[str]] = {}
@@ -145,6 +146,7 @@ class FakeCharon:
 
     async def _handle(self, writer: asyncio.StreamWriter, kind: int, name: str, message: dict[str, Any]) -> None:
         if kind == Packet.EVENT_REGISTER:
+            self.registrations[name] += 1
             self._subscribers[writer].add(name)
             writer.write(_frame(bytes([Packet.EVENT_CONFIRM])))
             return

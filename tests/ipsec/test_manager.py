@@ -24,6 +24,7 @@ from dmvpn.ipsec import (
 )
 from dmvpn.ipsec import manager as manager_module
 from dmvpn.ipsec.client import ViciConnection
+from dmvpn.ipsec.types import PEER_CONN_PREFIX
 
 LOW, MID, HIGH = IPv4Address("192.0.2.11"), IPv4Address("192.0.2.12"), IPv4Address("192.0.2.13")
 PSK = PskAuth(b"0123456789abcdef-not-secret")
@@ -64,6 +65,20 @@ async def test_client_reports_failures_and_unknown_commands(charon: FakeCharon, 
         await conn.close()
     with pytest.raises(CharonUnavailable):
         await ViciConnection.open(socket_path.with_name("absent.vici"))
+
+
+async def test_a_streamed_command_registers_its_event_once_per_connection(
+    charon: FakeCharon, socket_path: Path
+) -> None:
+    charon.establish(f"{PEER_CONN_PREFIX}{HIGH}", str(HIGH), initiator=True)
+    conn = await ViciConnection.open(socket_path)
+    try:
+        for _ in range(3):
+            items, response = await conn.streamed("list-sas", "list-sa", {"noblock": "yes"})
+            assert len(items) == 1 and response == {}
+        assert charon.registrations["list-sa"] == 1  # one round trip per list-sas after the first
+    finally:
+        await conn.close()
 
 
 async def test_start_loads_profile_and_reapply_changes_nothing(charon: FakeCharon, socket_path: Path) -> None:

@@ -54,6 +54,7 @@ class ViciConnection:
         self._reader = reader
         self._writer = writer
         self._lock = asyncio.Lock()
+        self._streaming: set[str] = set()  # stream events registered for (see streamed)
 
     @classmethod
     async def open(cls, path: Path, timeout_s: float = 5.0) -> ViciConnection:
@@ -126,9 +127,15 @@ class ViciConnection:
         self, command: str, event: str, message: Mapping[str, Any] | None = None
     ) -> tuple[list[ViciMessage], ViciMessage]:
         """A command that answers with a stream of ``event`` messages before its response (``list-sas``,
-        ``list-conns``): returns (events, response)."""
+        ``list-conns``): returns (events, response).
+
+        The stream's event stays registered after the first call: charon raises it only to the connection
+        that sent the command, and registering around each call would cost two more round trips on the
+        command connection, ahead of the ``initiate`` that waits behind a ``list-sas``."""
         async with self._lock:
-            await self._register(event, True)
+            if event not in self._streaming:
+                await self._register(event, True)
+                self._streaming.add(event)
             try:
                 await self._send(Packet.request(command, serialize(message)))
                 items: list[ViciMessage] = []
@@ -137,7 +144,6 @@ class ViciConnection:
                     if parsed.response_type != Packet.EVENT:
                         break
                     items.append(deserialize(parsed.payload))
-                await self._register(event, False)
             except BaseException:
                 self._writer.close()
                 raise
