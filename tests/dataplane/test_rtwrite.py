@@ -3,14 +3,17 @@ them are checked in the guest: test_kernel_tunnel.py)."""
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 from ipaddress import IPv4Address, IPv4Network
 
+import pytest
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from dmvpn.dataplane import rtwrite
+from dmvpn.dataplane import DataplaneError, rtwrite
+from dmvpn.dataplane.rtnl import Rtnl
 
 A = IPv4Address
 OURS = 0xD5
@@ -84,3 +87,30 @@ def test_answer_code_finds_the_answer_to_our_request_only() -> None:
     assert rtwrite.answer_code(error_message(4, 0), 5) is None  # an earlier request's answer
     assert rtwrite.answer_code(error_message(4, 2) + error_message(5, 0), 5) == 0
     assert rtwrite.answer_code(b"\x00" * 7, 5) is None  # truncated: no answer, no crash
+
+
+class FakeWriter:
+    """Answers every request with the next errno of ``codes``."""
+
+    def __init__(self, *codes: int) -> None:
+        self.codes = list(codes)
+
+    async def write(self, message: rtwrite.Message) -> int:
+        message(1)
+        return self.codes.pop(0)
+
+
+async def test_kernel_answers_become_outcomes_or_errors_and_every_write_counts() -> None:
+    rtnl = Rtnl()
+    rtnl._ipr = object()  # opened, as far as the write path is concerned
+    rtnl._writer = FakeWriter(0, errno.EEXIST, errno.ENOENT, errno.EPERM)  # type: ignore[assignment]
+    prefix = IPv4Network("10.1.2.0/24")
+    assert await rtnl.add_route(prefix, A("10.255.0.2"), 7, 0, OURS) is True
+    assert await rtnl.add_route(prefix, A("10.255.0.2"), 7, 0, OURS) is False  # the key is taken
+    assert await rtnl.delete_neighbour(7, A("10.255.0.2")) is False  # not there
+    with pytest.raises(DataplaneError, match=r"set neighbour 10.255.0.2 .*EPERM"):
+        await rtnl.replace_neighbour(7, A("10.255.0.2"), A("192.0.2.12"), OURS)
+    assert rtnl.writes == 4
+    rtnl._ipr = None
+    with pytest.raises(DataplaneError, match="not open"):
+        await rtnl.replace_route(prefix, None, 7, 0, OURS)

@@ -32,6 +32,7 @@ NUD_REACHABLE = 0x02
 NUD_FAILED = 0x20
 NUD_NOARP = 0x40
 RT_TABLE_MAIN = 254
+_NOT_OPEN = "netlink socket is not open (use 'async with')"
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ class Rtnl:
     @property
     def ipr(self) -> Any:
         if self._ipr is None:
-            raise DataplaneError("netlink socket is not open (use 'async with')")
+            raise DataplaneError(_NOT_OPEN)
         return self._ipr
 
     async def _write(self, action: str, call: Callable[[], Awaitable[Any]], ok_codes: frozenset[int]) -> bool:
@@ -239,16 +240,16 @@ class Rtnl:
         return True
 
     async def _fast_write(self, action: str, message: rtwrite.Message, ok_codes: frozenset[int]) -> bool:
-        """:meth:`_write` for a request encoded by :mod:`dmvpn.dataplane.rtwrite`."""
-        self.writes += 1
-        if self._ipr is None:
-            raise DataplaneError("netlink socket is not open (use 'async with')")
-        code = await self._writer.write(message)
-        if code == 0:
-            return True
-        if code in ok_codes:
-            return False
-        raise netlink_failure(action, code)
+        """:meth:`_write` for a request encoded by :mod:`dmvpn.dataplane.rtwrite` (sent on its socket)."""
+
+        async def send() -> None:
+            if self._ipr is None:  # the write socket opens and closes with pyroute2's
+                raise DataplaneError(_NOT_OPEN)
+            code = await self._writer.write(message)
+            if code:
+                raise NetlinkError(code)
+
+        return await self._write(action, send, ok_codes)
 
     # --- links -----------------------------------------------------------------------------------
 
