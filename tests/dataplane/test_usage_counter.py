@@ -1,4 +1,4 @@
-"""The per-peer traffic counter (idle expiry without IPsec): rendering and parsing (pure), and with real
+"""The per-peer traffic counter (idle expiry without IPsec): rendering (pure), and with real
 ``nft`` in a namespace: idempotent install beside the hairpin chain, GRE we send counted per destination
 (raw GRE out of a veth: nftables works on this host's kernel, GRE devices do not)."""
 
@@ -21,7 +21,7 @@ from dmvpn.dataplane import (
     remove_usage_counter,
     usage_by_peer,
 )
-from dmvpn.dataplane.usage import marker, parse_usage, render_ruleset, rule_body
+from dmvpn.dataplane.usage import marker, render_ruleset, rule_body
 
 LOCAL, PEER, OTHER = IPv4Address("192.0.2.11"), IPv4Address("192.0.2.12"), IPv4Address("192.0.2.13")
 
@@ -33,21 +33,6 @@ def test_rule_counts_gre_from_our_nbma_per_destination() -> None:
     assert "flush ruleset" not in script and "delete table" not in script
     assert "delete chain inet dmvpn usage" in script and "counter; }" in script and "hook output" in script
     assert marker(UsageConfig(LOCAL)) != marker(UsageConfig(PEER))
-
-
-def test_parse_takes_bytes_per_address_and_skips_what_is_not_one() -> None:
-    document = {
-        "nftables": [
-            {"metainfo": {"version": "1.0.6"}},
-            {"set": {"name": "usage_peers", "elem": [
-                {"elem": {"val": "192.0.2.12", "counter": {"packets": 3, "bytes": 252}, "expires": 3599}},
-                {"elem": {"val": "not-an-address", "counter": {"packets": 1, "bytes": 1}}},
-                {"elem": {"val": "192.0.2.13"}},
-            ]}},
-        ]
-    }  # fmt: skip
-    assert parse_usage(document) == {PEER: 252, OTHER: 0}
-    assert parse_usage({}) == {}
 
 
 @pytest.fixture

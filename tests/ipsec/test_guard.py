@@ -1,10 +1,10 @@
-"""The nftables guard of mode ``required`` (rendering and counter parsing; the lab test applies it)."""
+"""The nftables guard of mode ``required`` (rendering and counter naming; the lab test applies it)."""
 
 from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from dmvpn.ipsec import GuardCounters, parse_counters, render_guard
+from dmvpn.ipsec import GuardCounters, guard_counters_from, render_guard
 from dmvpn.ipsec.guard import fingerprint
 
 NBMA = IPv4Address("192.0.2.11")
@@ -29,30 +29,8 @@ def test_guard_without_address_covers_all_gre_and_fingerprints_differ() -> None:
     assert f'comment "dmvpn-ipsec-in {fingerprint(NBMA)}"' in render_guard(NBMA)
 
 
-def test_counters_from_nft_json() -> None:
-    # `nft -j list table inet dmvpn_ipsec` (nftables 1.0.6), rules only.
-    rules = [
-        {
-            "family": "inet",
-            "table": "dmvpn_ipsec",
-            "chain": "input",
-            "handle": 3,
-            "comment": "dmvpn-ipsec-in 0123456789abcdef",
-            "expr": [
-                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "protocol"}}, "right": "gre"}},
-                {"match": {"op": "==", "left": {"meta": {"key": "ipsec"}}, "right": False}},
-                {"counter": {"packets": 4, "bytes": 448}},
-                {"drop": None},
-            ],
-        },
-        {
-            "family": "inet",
-            "table": "dmvpn_ipsec",
-            "chain": "output",
-            "handle": 4,
-            "comment": "dmvpn-ipsec-out 0123456789abcdef",
-            "expr": [{"counter": {"packets": 1, "bytes": 112}}, {"drop": None}],
-        },
-    ]
-    assert parse_counters(rules) == GuardCounters(4, 448, 1, 112)
-    assert parse_counters([]) == GuardCounters(0, 0, 0, 0)
+def test_counters_are_named_by_the_rule_comments() -> None:
+    digest = fingerprint(NBMA)
+    by_comment = {f"dmvpn-ipsec-in {digest}": (4, 448), f"dmvpn-ipsec-out {digest}": (1, 112), "someone else": (9, 9)}
+    assert guard_counters_from(by_comment) == GuardCounters(4, 448, 1, 112)
+    assert guard_counters_from({}) == GuardCounters(0, 0, 0, 0)

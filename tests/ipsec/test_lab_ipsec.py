@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from ipsec_pki import make_ca, make_leaf
 
+from dmvpn.agent.main import read_guard_counters
 from dmvpn.ipsec import (
     InitiatePolicy,
     IpsecManager,
@@ -23,7 +24,6 @@ from dmvpn.ipsec import (
     Role,
     SaEventStream,
     X509Auth,
-    guard_counters,
     install_guard,
     remove_guard,
     set_larval_drop,
@@ -148,11 +148,11 @@ async def test_required_guard_drops_clear_gre_and_x509_sa_survives_charon_restar
         assert (ike.conn, ike.remote_id) == ("dmvpn", "O=dmvpn-test, CN=spoke1")
         assert ping(spoke.ns, str(hub.tunnel_ip), count=3, interval=0.2) == (3, 3)
 
-        before = await guard_counters(netns=hub.ns.name)
+        before = await read_guard_counters(netns=hub.ns.name)
         assert before is not None
         assert ping(rogue.ns, str(hub.tunnel_ip), count=3, interval=0.2, timeout_s=1)[1] == 0
         assert ping(hub.ns, str(rogue.tunnel_ip), count=2, interval=0.2, timeout_s=1)[1] == 0
-        after = await guard_counters(netns=hub.ns.name)
+        after = await read_guard_counters(netns=hub.ns.name)
         assert after is not None
         assert after.dropped_in_packets >= before.dropped_in_packets + 3
         assert after.dropped_out_packets >= before.dropped_out_packets + 2
@@ -177,4 +177,4 @@ async def test_required_guard_drops_clear_gre_and_x509_sa_survives_charon_restar
             await asyncio.sleep(0.5)
         assert len(established) == 1 and hub_ipsec.sa_up(spoke.nbma)
     assert await remove_guard(netns=hub.ns.name)
-    assert await guard_counters(netns=hub.ns.name) is None
+    assert await read_guard_counters(netns=hub.ns.name) is None

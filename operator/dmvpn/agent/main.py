@@ -30,10 +30,12 @@ from dmvpn.dataplane import (
     install_usage_counter,
     remove_hairpin_rule,
     remove_usage_counter,
+    rule_counters,
     usage_by_peer,
 )
+from dmvpn.ipsec.guard import GUARD_FAMILY, GUARD_TABLE, guard_counters_from
 from dmvpn.ipsec.manager import IpsecManager
-from dmvpn.ipsec.types import ProtectionProfile, PskAuth, X509Auth
+from dmvpn.ipsec.types import GuardCounters, ProtectionProfile, PskAuth, X509Auth
 from dmvpn.nhrp.codec import Address
 from dmvpn.nhrp.transport import NHRPTransport
 
@@ -104,6 +106,15 @@ def underlay_device(nbma: str) -> str:
     raise ConfigError(f"no local device has the NBMA address {nbma} (spec.nbma.address)")
 
 
+async def read_guard_counters(*, netns: str | None = None) -> GuardCounters | None:
+    """What the IPsec guard dropped so far (None: not installed): its rules' counters, which the data plane
+    reads over netlink, named by the guard's rule comments."""
+    found = await rule_counters(GUARD_FAMILY, GUARD_TABLE, netns=netns)
+    if found is None:
+        return None
+    return guard_counters_from({comment: (count.packets, count.bytes) for comment, count in found.items()})
+
+
 def build_agent(config: NodeConfig, args: argparse.Namespace, observer: MetricsObserver | None) -> Agent:
     dataplane = Dataplane(tunnel_config(config, underlay_device(str(config.nbma))))
     ipsec = IpsecManager(protection_profile(config), socket_path=args.vici_socket) if config.ipsec.required else None
@@ -128,9 +139,9 @@ def build_agent(config: NodeConfig, args: argparse.Namespace, observer: MetricsO
     guard: Callable[[], Any] | None = None
     counters: Callable[[], Any] | None = None
     if config.ipsec.required:
-        from dmvpn.ipsec.guard import guard_counters, install_guard, remove_guard, set_larval_drop
+        from dmvpn.ipsec.guard import install_guard, remove_guard, set_larval_drop
 
-        counters = guard_counters
+        counters = read_guard_counters
 
         async def guard() -> None:
             await install_guard(config.nbma)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dmvpn.dataplane.dataplane import Dataplane
 from dmvpn.dataplane.hairpin import install_hairpin_rule, remove_hairpin_rule
 from dmvpn.dataplane.nflog import NflogReader, parse_nflog_packet
+from dmvpn.dataplane.nftcount import Counter, element_counters, rule_counters
 from dmvpn.dataplane.solicit import SolicitationListener
 from dmvpn.dataplane.types import (
     GRE_KEY_FLAG,
@@ -50,6 +51,7 @@ __all__ = [
     "GRE_KEY_FLAG",
     "RTPROT_DMVPN",
     "Changes",
+    "Counter",
     "Dataplane",
     "DataplaneError",
     "DeviceConflict",
@@ -69,10 +71,12 @@ __all__ = [
     "TunnelConfig",
     "TunnelReport",
     "UsageConfig",
+    "element_counters",
     "install_hairpin_rule",
     "install_usage_counter",
     "parse_nflog_packet",
     "remove_hairpin_rule",
     "remove_usage_counter",
+    "rule_counters",
     "usage_by_peer",
 ]

@@ -4,7 +4,7 @@ With IPsec, a shortcut's SA counts its bytes and the agent reads them from charo
 kernel does: a permanent neighbour's ``used`` time is not refreshed on the fast path, and routes have no
 counters. So a chain on the output hook counts the GRE packets we send from our NBMA address, per
 destination, in a dynamic set whose elements carry counters (``update @set { ip daddr }``): one set lookup
-per packet, no NFLOG, no copy to user space. The agent lists the set at each sample and treats a changed
+per packet, no NFLOG, no copy to user space. The agent reads the set's elements at each sample and treats a changed
 byte count as activity, exactly as it does with SA counters.
 
 Ownership: chain ``config.chain`` and set ``<chain>_peers`` in ``table inet <config.table>`` (shared with the
@@ -15,12 +15,11 @@ installing the same configuration again reads and writes nothing else. Elements 
 
 from __future__ import annotations
 
-import json
-from ipaddress import IPv4Address, ip_address
-from typing import Any
+from ipaddress import IPv4Address
 
-from dmvpn.dataplane.nft import OwnedChain, rule_marker, run_nft
-from dmvpn.dataplane.types import DataplaneError, UsageConfig
+from dmvpn.dataplane.nft import OwnedChain, rule_marker
+from dmvpn.dataplane.nftcount import element_counters
+from dmvpn.dataplane.types import UsageConfig
 
 FAMILY = "inet"
 SET_TIMEOUT = "1h"
@@ -66,33 +65,9 @@ async def remove_usage_counter(config: UsageConfig, *, netns: str | None = None)
     return await owned(config).remove(netns)
 
 
-def parse_usage(document: dict[str, Any]) -> dict[IPv4Address, int]:
-    """Bytes per destination from ``nft -j list set`` output (pure; unit-tested)."""
-    found: dict[IPv4Address, int] = {}
-    for item in document.get("nftables", []):
-        for element in item.get("set", {}).get("elem", []):
-            body = element.get("elem", element) if isinstance(element, dict) else None
-            if not isinstance(body, dict):
-                continue
-            try:
-                address = ip_address(str(body.get("val")))
-            except ValueError:
-                continue
-            counter = body.get("counter") or {}
-            if isinstance(address, IPv4Address) and isinstance(counter, dict):
-                found[address] = int(counter.get("bytes", 0))
-    return found
-
-
 async def usage_by_peer(config: UsageConfig, *, netns: str | None = None) -> dict[IPv4Address, int] | None:
-    """Bytes sent so far to each NBMA peer, or None if our set is not there (not installed yet)."""
-    code, out, err = await run_nft(netns, "-j", "list", "set", FAMILY, config.table, set_name(config))
-    if code != 0:
-        if "No such file or directory" in err:
-            return None
-        raise DataplaneError(f"nft list set {config.table} {set_name(config)} failed ({code}): {err.strip()}")
-    try:
-        document = json.loads(out)
-    except ValueError as error:
-        raise DataplaneError(f"nft list set: unreadable JSON: {error}") from error
-    return parse_usage(document)
+    """Bytes sent so far to each NBMA peer, or None if our set is not there (not installed yet). Read over
+    netlink (:mod:`dmvpn.dataplane.nftcount`): sampled every few seconds, an ``nft`` run would cost more CPU
+    than everything else the agent does meanwhile."""
+    found = await element_counters(FAMILY, config.table, set_name(config), netns=netns)
+    return None if found is None else {address: counter.bytes for address, counter in found.items()}

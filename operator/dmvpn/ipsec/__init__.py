@@ -22,10 +22,10 @@ Mode ``required`` on the receive side: :func:`install_guard` (nftables, counted 
 from __future__ import annotations
 
 from dmvpn.ipsec.guard import (
+    GUARD_FAMILY,
     GUARD_TABLE,
-    guard_counters,
+    guard_counters_from,
     install_guard,
-    parse_counters,
     remove_guard,
     render_guard,
     set_larval_drop,
@@ -58,6 +58,7 @@ __all__ = [
     "CHILD_NAME",
     "DEFAULT_FALLBACK_S",
     "DEFAULT_SOCKET",
+    "GUARD_FAMILY",
     "GUARD_TABLE",
     "PEER_CONN_PREFIX",
     "PSK_ID",
@@ -78,10 +79,9 @@ __all__ = [
     "SaEventStream",
     "X509Auth",
     "fallback_due",
-    "guard_counters",
+    "guard_counters_from",
     "install_guard",
     "keep_duplicate",
-    "parse_counters",
     "peer_conn_name",
     "peer_of_conn",
     "remove_guard",

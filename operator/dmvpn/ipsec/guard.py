@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import json
 import shutil
+from collections.abc import Mapping
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from dmvpn.ipsec.types import GuardCounters, IpsecError
 
 GUARD_TABLE = "dmvpn_ipsec"
 FAMILY = "inet"
+GUARD_FAMILY = FAMILY  # where the data plane reads our counters
 _IN_TAG = "dmvpn-ipsec-in"
 _OUT_TAG = "dmvpn-ipsec-out"
 _TIMEOUT_S = 10.0
@@ -126,24 +128,13 @@ async def remove_guard(*, netns: str | None = None) -> bool:
     return True
 
 
-def parse_counters(rules: list[dict[str, Any]]) -> GuardCounters:
-    """Counters of our two rules from ``nft -j list table`` rule objects (pure)."""
-    found: dict[str, tuple[int, int]] = {}
-    for rule in rules:
-        tag = str(rule.get("comment", "")).split(" ")[0]
-        for expr in rule.get("expr", []):
-            if isinstance(expr, dict) and "counter" in expr:
-                counter = expr["counter"]
-                found[tag] = (int(counter.get("packets", 0)), int(counter.get("bytes", 0)))
+def guard_counters_from(by_comment: Mapping[str, tuple[int, int]]) -> GuardCounters:
+    """Our two rules' drops from each rule's comment -> (packets, bytes) (pure). The data plane reads the
+    counters over netlink (``nft`` itself, run every few seconds, cost more CPU than IKE can spare)."""
+    found = {comment.split(" ")[0]: counts for comment, counts in by_comment.items()}
     in_packets, in_bytes = found.get(_IN_TAG, (0, 0))
     out_packets, out_bytes = found.get(_OUT_TAG, (0, 0))
     return GuardCounters(in_packets, in_bytes, out_packets, out_bytes)
-
-
-async def guard_counters(*, netns: str | None = None) -> GuardCounters | None:
-    """Packets/bytes dropped so far, or None if the guard is not installed."""
-    rules = await _rules(netns)
-    return None if rules is None else parse_counters(rules)
 
 
 async def set_larval_drop(enabled: bool, *, netns: str | None = None) -> None:
