@@ -29,17 +29,15 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
 )
 
 from dmvpn.dataplane.netns import call_in_netns
+from dmvpn.dataplane.nflog import NETLINK_NETFILTER, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
+from dmvpn.dataplane.nflog import NLMSG_HDR as _NLMSGHDR
 from dmvpn.dataplane.types import DataplaneError
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
-NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
 FAMILIES = {"inet": 1, "ip": 2}  # NFPROTO_INET, NFPROTO_IPV4
-_NLMSGHDR = struct.Struct("=IHHII")
 _ERRNO = struct.Struct("=i")
+_SEQ = 1  # one request per fresh socket
 _ANSWER_TIMEOUT_S = 5.0
 _RECV_BYTES = 1 << 16
 
@@ -50,12 +48,12 @@ class Counter:
     bytes: int
 
 
-def _dump_request(message: Any, kind: int, family: str, attrs: list[tuple[str, Any]], seq: int) -> bytes:
+def _dump_request(message: Any, kind: int, family: str, attrs: list[tuple[str, Any]]) -> bytes:
     if family not in FAMILIES:
         raise DataplaneError(f"nftables family {family!r} is not one we read ({', '.join(FAMILIES)})")
     message["header"]["type"] = (NFNL_SUBSYS_NFTABLES << 8) | kind
     message["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
-    message["header"]["sequence_number"] = seq
+    message["header"]["sequence_number"] = _SEQ
     message["nfgen_family"] = FAMILIES[family]
     message["attrs"] = attrs
     message.encode()
@@ -63,7 +61,9 @@ def _dump_request(message: Any, kind: int, family: str, attrs: list[tuple[str, A
 
 
 def split_answer(data: bytes, seq: int) -> Iterator[tuple[int, bytes]]:
-    """(type, whole message) of each netlink message in ``data`` that answers ``seq`` (pure)."""
+    """(type, whole message) of each netlink message in ``data`` that answers ``seq`` (pure). Unlike
+    :func:`dmvpn.dataplane.nflog.split_messages`, which drops a malformed tail of a packet stream, a
+    truncated dump answer is an error: counters read from part of a dump would be wrong, silently."""
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
         length, kind, _, got_seq, _ = _NLMSGHDR.unpack_from(data, offset)
@@ -93,7 +93,7 @@ def _netfilter_socket() -> socket.socket:
     return sock
 
 
-async def _dump(netns: str | None, request: bytes, seq: int) -> list[bytes] | None:
+async def _dump(netns: str | None, request: bytes) -> list[bytes] | None:
     """The messages of one dump; None if the kernel answers ENOENT (no such table or set)."""
     sock = call_in_netns(netns, _netfilter_socket)
     found: list[bytes] = []
@@ -102,7 +102,7 @@ async def _dump(netns: str | None, request: bytes, seq: int) -> list[bytes] | No
         sock.send(request)
         async with asyncio.timeout(_ANSWER_TIMEOUT_S):
             while True:
-                for kind, message in split_answer(await loop.sock_recv(sock, _RECV_BYTES), seq):
+                for kind, message in split_answer(await loop.sock_recv(sock, _RECV_BYTES), _SEQ):
                     if kind == NLMSG_DONE:
                         return found
                     if kind == NLMSG_ERROR:
@@ -143,8 +143,8 @@ def parse_rule_counters(messages: list[bytes]) -> dict[str, Counter]:
 async def rule_counters(family: str, table: str, *, netns: str | None = None) -> dict[str, Counter] | None:
     """Comment -> counter of each counted, commented rule in ``family table``; None if the table has no rule
     (the kernel answers a dump filtered by a missing table with nothing, not with ENOENT)."""
-    request = _dump_request(nft_rule_msg(), NFT_MSG_GETRULE, family, [("NFTA_RULE_TABLE", table)], 1)
-    messages = await _dump(netns, request, 1)
+    request = _dump_request(nft_rule_msg(), NFT_MSG_GETRULE, family, [("NFTA_RULE_TABLE", table)])
+    messages = await _dump(netns, request)
     return parse_rule_counters(messages) if messages else None
 
 
@@ -171,6 +171,6 @@ async def element_counters(
 ) -> dict[IPv4Address, Counter] | None:
     """Key -> counter of each element of set ``name`` in ``family table``; None if the set is absent."""
     attrs: list[tuple[str, Any]] = [("NFTA_SET_ELEM_LIST_TABLE", table), ("NFTA_SET_ELEM_LIST_SET", name)]
-    request = _dump_request(nft_set_elem_list_msg(), NFT_MSG_GETSETELEM, family, attrs, 1)
-    messages = await _dump(netns, request, 1)
+    request = _dump_request(nft_set_elem_list_msg(), NFT_MSG_GETSETELEM, family, attrs)
+    messages = await _dump(netns, request)
     return None if messages is None else parse_element_counters(messages)
