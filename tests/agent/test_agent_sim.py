@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from ipaddress import IPv4Address, IPv4Network
 
+import pytest
+
 from dmvpn.agent import views
 from dmvpn.agent.agent import Agent
 from dmvpn.dataplane import HairpinEvent, Neighbour, Route
@@ -464,3 +466,34 @@ async def test_teardown_removes_every_kernel_helper_even_when_one_fails(cloud: C
     hub = await cloud.add(hub_config(ipsec=False), uninstall=helpers)
     assert await hub.remove_kernel_helpers() == ["ipsec guard"]
     assert removed == ["hairpin chain", "traffic counter"]
+
+
+async def test_housekeeping_waits_until_resolution_traffic_has_passed(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shortcut being built (the hairpin at the hub, the Traffic Indication and the resolution at the
+    spoke) puts the periodic SA-list and guard samples off until it is quiet, at most the given limit."""
+    import time
+
+    from dmvpn.agent import agent as agent_module
+
+    await registered_cloud(cloud)
+    hub, spoke1 = cloud.agents["hub"], cloud.agents["spoke-1"]
+    started = time.monotonic()
+    await hub._until_resolution_quiet(limit_s=5.0)  # registrations are no resolution traffic
+    assert time.monotonic() - started < 1.0 and "housekeeping_deferred" not in hub.stats.extra
+
+    monkeypatch.setattr(agent_module, "HOUSEKEEPING_QUIET_S", 0.4)
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    await wait_for(lambda: spoke1._resolution_traffic_at > started)  # the Traffic Indication arrived
+    await spoke1._until_resolution_quiet(limit_s=5.0)
+    assert time.monotonic() >= spoke1._resolution_traffic_at + 0.4, "returned before the traffic was quiet"
+    # at least this wait (the agent's own sampling task may have waited too)
+    assert views.show_counters(spoke1)["agent"]["housekeeping_deferred"] >= 1
+
+    monkeypatch.setattr(agent_module, "HOUSEKEEPING_QUIET_S", 60.0)
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    started = time.monotonic()
+    await hub._until_resolution_quiet(limit_s=0.3)  # never quiet: the limit still ends the wait
+    assert 0.3 <= time.monotonic() - started < 5.0
+    assert hub.stats.extra["housekeeping_deferred"] >= 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -54,6 +55,15 @@ HUB_SA_WAIT = 5.0  # seconds a starting spoke waits for its hubs' SAs before reg
 EVENTS_KEPT = 500
 FULL_RECONCILE_EVERY = 60.0  # seconds without a change before a full pass checks the kernel's tables
 _TYPE_OFFSET = 17
+#: NHRP packet types that mean a shortcut is being built (Traffic Indication, Resolution Request/Reply).
+_RESOLUTION_TYPES = frozenset(
+    {PacketType.TRAFFIC_INDICATION, PacketType.RESOLUTION_REQUEST, PacketType.RESOLUTION_REPLY}
+)
+#: The periodic housekeeping (charon's SA list, the IPsec guard's counters) waits until this long after the
+#: last resolution traffic: on a loaded node one sample holds the event loop and charon for 10-150 ms,
+#: which would otherwise land on a shortcut being built (a Traffic Indication, a request the hub
+#: forwards, the initiation of its SA) and delay it by as much.
+HOUSEKEEPING_QUIET_S = 1.0
 
 
 class Transport(Protocol):
@@ -164,6 +174,8 @@ class Agent:
         self._renewing: set[Address] = set()  # destinations asked again before their shortcut expires
         self._usage: dict[IPv4Address, PeerUsage] = {}
         self._sa_up: set[IPv4Address] = set()
+        # time.monotonic() (real time, whatever clock the engine runs on) of the last resolution packet or hairpin
+        self._resolution_traffic_at = -math.inf
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -314,8 +326,10 @@ class Agent:
 
     def _on_packet(self, data: bytes, nbma: Address) -> None:
         now = self.clock()
-        if len(data) > _TYPE_OFFSET and data[_TYPE_OFFSET] == PacketType.TRAFFIC_INDICATION:
-            self._note_indication(data, nbma, now)
+        if len(data) > _TYPE_OFFSET and data[_TYPE_OFFSET] in _RESOLUTION_TYPES:
+            self._resolution_traffic_at = time.monotonic()
+            if data[_TYPE_OFFSET] == PacketType.TRAFFIC_INDICATION:
+                self._note_indication(data, nbma, now)
         try:
             actions = self.engine.receive(data, nbma, now)
         except Exception as error:  # a bug must cost one packet, never the agent
@@ -567,6 +581,7 @@ class Agent:
         period = min(2.0, max(0.5, self.config.shortcut_idle_timeout / 2))
         while True:
             await asyncio.sleep(period)
+            await self._until_resolution_quiet(limit_s=period)
             if self.ipsec is None:
                 await self._sample_usage()
                 continue
@@ -578,6 +593,19 @@ class Agent:
                 continue
             for peer in self._known_peers():
                 self._sa_changed(peer, self.ipsec.sa_up(peer), "sync")
+
+    async def _until_resolution_quiet(self, limit_s: float) -> None:
+        """Wait until no resolution traffic has passed for :data:`HOUSEKEEPING_QUIET_S`, at most
+        ``limit_s``: a busy hub (shortcuts forming all the time) still samples, one period late."""
+        deadline = time.monotonic() + limit_s
+        for attempt in range(100):  # each pass sleeps until quiet or the deadline; a bound, not the limit
+            now = time.monotonic()
+            quiet_at = self._resolution_traffic_at + HOUSEKEEPING_QUIET_S
+            if now >= quiet_at or now >= deadline:
+                return
+            if attempt == 0:
+                self.stats.extra["housekeeping_deferred"] = self.stats.extra.get("housekeeping_deferred", 0) + 1
+            await asyncio.sleep(min(quiet_at, deadline) - now)
 
     async def _sample_usage(self) -> None:
         """Without IPsec: bytes sent to each peer, from the data plane's counter (None: not installed)."""
@@ -807,6 +835,7 @@ class Agent:
 
     def on_hairpin(self, hairpin_event: HairpinEvent) -> None:
         self.stats.hairpin_events += 1
+        self._resolution_traffic_at = time.monotonic()
         self._carry_out(self.engine.hairpin(hairpin_event.header, self.clock()))
 
     async def _solicitation_loop(self) -> None:
