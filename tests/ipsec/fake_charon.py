@@ -42,6 +42,8 @@ class FakeCharon:
         self.commands: Counter[str] = Counter()
         self.registrations: Counter[str] = Counter()  # event registrations received, by event
         self.initiate_delay_s = 0.0
+        self.load_conn_delay_s = 0.0  # how long a load-conn takes to answer (a busy charon)
+        self.timeline: list[tuple[str, str]] = []  # ("start" | "end", command), in the order they happened
         self._next_id = 1
         self._subscribers: dict[asyncio.StreamWriter, set[str]] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -159,12 +161,17 @@ class FakeCharon:
         if handler is None:
             writer.write(_frame(bytes([Packet.CMD_UNKNOWN])))
             return
-        writer.write(_response(await handler(writer, message)))
+        self.timeline.append(("start", name))
+        response = await handler(writer, message)
+        self.timeline.append(("end", name))
+        writer.write(_response(response))
 
     async def cmd_get_conns(self, _w: asyncio.StreamWriter, _m: dict[str, Any]) -> dict[str, Any]:
         return {"conns": list(self.conns)}
 
     async def cmd_load_conn(self, _w: asyncio.StreamWriter, message: dict[str, Any]) -> dict[str, Any]:
+        if self.load_conn_delay_s:
+            await asyncio.sleep(self.load_conn_delay_s)
         self.conns.update(message)
         return {"success": "yes"}
 

@@ -140,6 +140,20 @@ async def test_lower_address_initiates_and_the_sa_up_event_arrives(charon: FakeC
         assert (sa.conn, sa.remote_host, sa.children[0].packets_in) == ("dmvpn-peer-192.0.2.13", HIGH, 10)
 
 
+async def test_the_sas_are_read_while_the_connection_loads(charon: FakeCharon, socket_path: Path) -> None:
+    """On a busy node each answer from charon takes a while: the check for an IKE_SA already under way
+    (list-sas, on its own session) runs during the load-conn, so initiate waits for one answer, not two."""
+    async with manager(socket_path) as ipsec:
+        charon.timeline.clear()
+        charon.load_conn_delay_s = 0.3
+        assert await ipsec.ensure_peer(HIGH) is PeerAction.INITIATED
+        order = charon.timeline
+        load_started, load_ended = order.index(("start", "load-conn")), order.index(("end", "load-conn"))
+        assert load_started < order.index(("start", "list-sas")) < load_ended, order
+        assert order.index(("start", "initiate")) > load_ended, order
+        assert ipsec.initiations == 1
+
+
 async def test_higher_address_waits_for_the_peer(charon: FakeCharon, socket_path: Path) -> None:
     async with manager(socket_path, fallback_s=0.3) as ipsec:
         stream = ipsec.events()

@@ -128,6 +128,9 @@ class IpsecManager:
         self._desired: dict[IPv4Address, InitiatePolicy] = {}
         self._initiated_at: dict[IPv4Address, float] = {}  # monotonic time of our last initiation per peer
         self._cmd: ViciConnection | None = None
+        # ``list-sas`` has a session of its own, so reading the SAs never waits behind a ``load-conn`` (or
+        # the other way round): ensure_peer reads them while the connection loads.
+        self._query: ViciConnection | None = None
         self._ev: ViciConnection | None = None
         self._loaded_conns: dict[str, ViciDict] = {}
         self._loaded_shared: dict[str, ViciDict] = {}
@@ -183,14 +186,17 @@ class IpsecManager:
         await self.close()
 
     async def _connect(self) -> None:
-        cmd = await ViciConnection.open(self.socket_path)
+        opened: list[ViciConnection] = []
         try:
-            ev = await ViciConnection.open(self.socket_path)
+            for _ in range(3):
+                opened.append(await ViciConnection.open(self.socket_path))
+            cmd, query, ev = opened
             await ev.subscribe(EVENTS)
         except BaseException:
-            await cmd.close()
+            for conn in opened:
+                await conn.close()
             raise
-        self._cmd, self._ev = cmd, ev
+        self._cmd, self._query, self._ev = cmd, query, ev
         # A new charon knows nothing of what we loaded into the old one.
         self._loaded_conns.clear()
         self._loaded_shared.clear()
@@ -198,10 +204,10 @@ class IpsecManager:
         self._loaded_creds = None
 
     async def _disconnect(self) -> None:
-        for conn in (self._cmd, self._ev):
+        for conn in (self._cmd, self._query, self._ev):
             if conn is not None:
                 await conn.close()
-        self._cmd = self._ev = None
+        self._cmd = self._query = self._ev = None
 
     async def _after_connect(self) -> None:
         """Bring a new session up to date: SAs charon already has, our profile, then our peers."""
@@ -319,9 +325,15 @@ class IpsecManager:
     # --- commands -----------------------------------------------------------------------------------
 
     def _session(self) -> ViciConnection:
-        if self._cmd is None or self._cmd.closed:
+        return self._open(self._cmd)
+
+    def _query_session(self) -> ViciConnection:
+        return self._open(self._query)
+
+    def _open(self, session: ViciConnection | None) -> ViciConnection:
+        if session is None or session.closed:
             raise CharonUnavailable(f"not connected to charon at {self.socket_path}")
-        return self._cmd
+        return session
 
     async def apply(self, profile: ProtectionProfile | None = None, *, verify: bool = True) -> ApplyReport:
         """Make charon hold exactly our connections, shared secret and credentials for ``profile`` (default:
@@ -418,7 +430,7 @@ class IpsecManager:
 
     async def list_sas(self) -> list[IkeSaInfo]:
         """All IKE_SAs charon holds, with CHILD_SAs, SPIs and counters (``dmvpnctl show ipsec``)."""
-        items, _ = await self._session().streamed("list-sas", "list-sa", {"noblock": "yes"})
+        items, _ = await self._query_session().streamed("list-sas", "list-sa", {"noblock": "yes"})
         return parse_sas(items)
 
     async def _sas_to(self, peer: IPv4Address) -> list[IkeSaInfo]:
@@ -449,14 +461,24 @@ class IpsecManager:
         the reply it makes both ask for the SA) would otherwise both find nothing in charon's list and
         both initiate. Charon's ``initiate`` with ``timeout -1`` returns before its IKE_SA shows in
         ``list-sas``, so a recent initiation counts as in progress for :data:`_INITIATE_CLAIM_S`."""
+        if not self._claim_initiation(peer) or await self._in_progress(peer):
+            return False
+        await self._initiate(peer)
+        return True
+
+    def _restore_claim(self, peer: IPv4Address, earlier: float | None) -> None:
+        if earlier is None:
+            self._initiated_at.pop(peer, None)
+        else:
+            self._initiated_at[peer] = earlier
+
+    def _claim_initiation(self, peer: IPv4Address) -> bool:
+        """Take the right to initiate to ``peer`` now (no await: see above); False if a caller holds it."""
         now = time.monotonic()
         claimed = self._initiated_at.get(peer)
         if claimed is not None and now - claimed < _INITIATE_CLAIM_S:
             return False
         self._initiated_at[peer] = now
-        if await self._in_progress(peer):
-            return False
-        await self._initiate(peer)
         return True
 
     async def _initiate(self, peer: IPv4Address) -> None:
@@ -482,12 +504,29 @@ class IpsecManager:
             raise ValueError(f"{nbma} is our own NBMA address")
         changed = self._desired.get(nbma) != policy
         self._desired[nbma] = policy
-        await self.apply(verify=False)
+        initiating = we_initiate(self.profile.local_nbma, nbma, policy)
+        earlier_claim = self._initiated_at.get(nbma)
+        claimed = initiating and not self._table.up(nbma) and self._claim_initiation(nbma)
+        # The SAs are read (on their own session) while the connection loads: `initiate` then waits for
+        # one round trip to charon instead of two.
+        alive = asyncio.ensure_future(self._in_progress(nbma)) if claimed else None
+        try:
+            await self.apply(verify=False)
+            in_progress = await alive if alive is not None else True
+        finally:
+            if alive is not None and not alive.done():
+                alive.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await alive
         if self._table.up(nbma):
             action = PeerAction.ALREADY_UP
-        elif we_initiate(self.profile.local_nbma, nbma, policy):
-            initiated = await self._initiate_unless_in_progress(nbma)
-            action = PeerAction.INITIATED if initiated else PeerAction.IN_PROGRESS
+            if claimed:  # nothing initiated: a keeper may initiate at once should this SA go down
+                self._restore_claim(nbma, earlier_claim)
+        elif initiating and not in_progress:
+            await self._initiate(nbma)
+            action = PeerAction.INITIATED
+        elif initiating:
+            action = PeerAction.IN_PROGRESS
         else:
             action = PeerAction.WAITING
         if changed or nbma not in self._peer_tasks:
