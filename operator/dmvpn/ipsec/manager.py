@@ -512,9 +512,9 @@ class IpsecManager:
         alive = asyncio.ensure_future(self._in_progress(nbma)) if claimed else None
         try:
             await self.apply(verify=False)
-            in_progress = await alive if alive is not None else True
+            in_progress = await alive if alive is not None else False
         finally:
-            if alive is not None and not alive.done():
+            if alive is not None:  # apply failed: stop the read; either way its outcome is collected
                 alive.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await alive
@@ -522,13 +522,15 @@ class IpsecManager:
             action = PeerAction.ALREADY_UP
             if claimed:  # nothing initiated: a keeper may initiate at once should this SA go down
                 self._restore_claim(nbma, earlier_claim)
-        elif initiating and not in_progress:
-            await self._initiate(nbma)
-            action = PeerAction.INITIATED
-        elif initiating:
-            action = PeerAction.IN_PROGRESS
-        else:
+        elif not initiating:
             action = PeerAction.WAITING
+        elif claimed:
+            if not in_progress:
+                await self._initiate(nbma)
+            action = PeerAction.IN_PROGRESS if in_progress else PeerAction.INITIATED
+        else:  # another caller holds the claim (returns at once), or the SA went down during the load
+            initiated = await self._initiate_unless_in_progress(nbma)
+            action = PeerAction.INITIATED if initiated else PeerAction.IN_PROGRESS
         if changed or nbma not in self._peer_tasks:
             self._start_keeper(nbma, policy, initiated=action is not PeerAction.WAITING)
         return action
