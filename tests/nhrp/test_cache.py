@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address, ip_network
 
-from dmvpn.nhrp.cache import CacheEntry, ChangeKind, EntryType, NHRPCache, prefix_of
+from dmvpn.nhrp.cache import CacheEntry, ChangeKind, EntryType, NHRPCache, host_network, network, prefix_of
 
 NBMA1 = IPv4Address("198.51.100.1")
 NBMA2 = IPv4Address("198.51.100.2")
@@ -77,3 +77,23 @@ def test_prefix_of_treats_zero_and_overlong_as_host() -> None:
     assert prefix_of(IPv4Address("10.1.2.3"), 0) == ip_network("10.1.2.3/32")
     assert prefix_of(IPv4Address("10.1.2.3"), 255) == ip_network("10.1.2.3/32")
     assert prefix_of(IPv4Address("10.1.2.3"), 16) == ip_network("10.1.0.0/16")
+
+
+def test_network_keeps_the_address_family_even_for_small_ipv6_values() -> None:
+    # Built from the address's integer: ::1 and 0.0.0.1 share the value 1, so the family must come from
+    # the address, not be guessed from the number (ipaddress.ip_network would guess IPv4).
+    assert network(IPv6Address("::1"), 128) == ip_network("::1/128")
+    assert network(IPv6Address("::1"), 32) == ip_network("::/32")
+    assert network(IPv6Address("2001:db8::1"), 64) == ip_network("2001:db8::/64")
+    assert network(IPv4Address("10.1.2.3"), 24) == ip_network("10.1.2.0/24")
+    assert host_network(IPv4Address("10.1.2.3")) == ip_network("10.1.2.3/32")
+    assert host_network(IPv6Address("::1")) == ip_network("::1/128")
+
+
+def test_lookup_finds_ipv6_bindings_next_to_ipv4_ones() -> None:
+    cache = NHRPCache()
+    cache.put(CacheEntry(prefix=ip_network("2001:db8::/32"), type=EntryType.STATIC, nbma=IPv4Address("192.0.2.9")))
+    cache.put(CacheEntry(prefix=ip_network("0.0.0.1/32"), type=EntryType.STATIC, nbma=IPv4Address("192.0.2.8")))
+    found = cache.lookup(IPv6Address("2001:db8:1::5"), 0.0)
+    assert found is not None and found.nbma == IPv4Address("192.0.2.9")
+    assert cache.lookup(IPv6Address("::1"), 0.0) is None  # not the IPv4 binding of 0.0.0.1

@@ -44,6 +44,7 @@ from dmvpn.nhrp.engine import (
     ResolutionFailed,
     Send,
 )
+from dmvpn.nhrp.engine.context import Context
 
 A = IPv4Address
 HUB_NBMA, HUB2_NBMA = A("192.0.2.1"), A("192.0.2.2")
@@ -609,6 +610,20 @@ def test_authentication_failure_sends_one_error_indication_and_no_ping_pong(net:
     assert hub.cache.get(ip_network(SPOKE_A)) is None
     net.advance(10)
     assert len(net.sent(PacketType.ERROR_INDICATION)) == len(net.sent(PacketType.REGISTRATION_REQUEST))
+
+
+def test_what_we_send_carries_our_authentication_only() -> None:
+    """A packet we pass on loses the extension another hop added, and gains ours when we have a secret;
+    with neither there is nothing to change and the packet goes out as built."""
+    request = Message(type=PacketType.RESOLUTION_REQUEST, request_id=7, src_nbma=SPOKE_A_NBMA,
+                      src_protocol=SPOKE_A, dst_protocol=SPOKE_B)  # fmt: skip
+    foreign = replace(request, extensions=(Authentication(data=b"theirs"), NATAddress()))
+    plain = Context(hub_config())
+    assert plain.with_our_authentication(request) is request
+    stripped = plain.with_our_authentication(foreign)
+    assert find_extension(stripped, Authentication) is None and stripped.extensions == (NATAddress(),)
+    ours = Context(hub_config(auth_secret=b"s3cret")).with_our_authentication(foreign)
+    assert [e for e in ours.extensions if isinstance(e, Authentication)] == [Authentication(data=b"s3cret")]
 
 
 def test_missing_authentication_is_a_failure_too(net: SimNet) -> None:

@@ -30,7 +30,7 @@ def route_key(route: Route) -> RouteKey:
 
 
 def host(address: IPv4Address) -> IPv4Network:
-    return IPv4Network(address)
+    return IPv4Network((int(address), 32))  # from the integer: no text round trip
 
 
 def active_hub(config: NodeConfig, nhs_up: Collection[IPv4Address]) -> HubPeer | None:

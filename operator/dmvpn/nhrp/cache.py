@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from dmvpn.nhrp.codec import Address
 
@@ -42,15 +42,23 @@ _RANK = {
 }
 
 
+def network(address: Address, prefix_length: int) -> Network:
+    """``address`` masked to ``prefix_length`` bits. Built from the integer: given an address object,
+    ipaddress formats it as text and parses it back, the costliest step of a cache lookup."""
+    if isinstance(address, IPv4Address):
+        return IPv4Network((int(address), prefix_length), strict=False)
+    return IPv6Network((int(address), prefix_length), strict=False)
+
+
 def host_network(address: Address) -> Network:
-    return ip_network(address)
+    return network(address, address.max_prefixlen)
 
 
 def prefix_of(address: Address, prefix_length: int) -> Network:
     """The network of the given length around ``address``; 0 or too long means the host itself."""
     if prefix_length <= 0 or prefix_length > address.max_prefixlen:
         prefix_length = address.max_prefixlen
-    return ip_network((address, prefix_length), strict=False)
+    return network(address, prefix_length)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,7 +120,7 @@ class NHRPCache:
         """Longest-prefix match among live entries, optionally only of the given types."""
         lengths = self._lengths[address.version]
         for length in sorted(lengths, reverse=True):
-            entry = self._entries.get(ip_network((address, length), strict=False))
+            entry = self._entries.get(network(address, length))
             if entry is None or entry.expired(now):
                 continue
             if types is None or entry.type in types:

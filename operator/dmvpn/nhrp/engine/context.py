@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import replace
-from ipaddress import ip_network
 
-from dmvpn.nhrp.cache import CacheEntry, EntryType, Network, NHRPCache, host_network
+from dmvpn.nhrp.cache import CacheEntry, EntryType, Network, NHRPCache, host_network, network
 from dmvpn.nhrp.codec import (
     AUTH_TYPE_CLEARTEXT,
     CIE,
@@ -94,9 +93,12 @@ class Context:
 
     def with_our_authentication(self, packet: Packet) -> Packet:
         """Drop any authentication extension a forwarded packet carried, and add ours if configured."""
+        secret = self.config.auth_secret
+        if secret is None and find_extension(packet, Authentication) is None:
+            return packet  # nothing to change: skip rebuilding the packet (every send comes through here)
         extensions = without_extension(packet.extensions, Authentication)
-        if self.config.auth_secret is not None:
-            extensions = (Authentication(data=self.config.auth_secret), *extensions)
+        if secret is not None:
+            extensions = (Authentication(data=secret), *extensions)
         return replace(packet, extensions=extensions)
 
     # --- output -------------------------------------------------------------------------------
@@ -168,7 +170,7 @@ class Context:
         host = address.max_prefixlen
         if prefix_length <= 0 or prefix_length > host or prefix_length < self.config.min_prefix_length:
             prefix_length = host
-        return ip_network((address, prefix_length), strict=False)
+        return network(address, prefix_length)
 
     def is_nhs(self, nbma: Address) -> bool:
         return any(nhs.nbma == nbma for nhs in self.config.nhs)

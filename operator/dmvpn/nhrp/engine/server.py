@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from ipaddress import ip_network
 
-from dmvpn.nhrp.cache import CacheEntry, EntryType, Network, host_network
+from dmvpn.nhrp.cache import CacheEntry, EntryType, Network, host_network, network
 from dmvpn.nhrp.codec import (
     CIE,
     Address,
@@ -87,7 +86,7 @@ class Server:
         length = host if cie.prefix_length in (0, 0xFF) or cie.prefix_length > host else cie.prefix_length
         if length < config.min_prefix_length:
             return replace(cie, code=CIECode.ADMINISTRATIVELY_PROHIBITED)
-        prefix = ip_network((protocol, length), strict=False)
+        prefix = network(protocol, length)
         existing = self.ctx.cache.get(prefix)
         if (
             existing is not None
@@ -303,7 +302,7 @@ class Server:
                 continue
             host = protocol.max_prefixlen
             length = host if cie.prefix_length in (0, 0xFF) or cie.prefix_length > host else cie.prefix_length
-            prefix = ip_network((protocol, length), strict=False)
+            prefix = network(protocol, length)
             entry = self.ctx.cache.get(prefix)
             # Only from where it was registered: anyone can claim a protocol address, not an NBMA one.
             if entry is not None and entry.type == EntryType.DYNAMIC and entry.nbma == nbma:
