@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 import pytest
 
@@ -497,3 +498,34 @@ async def test_housekeeping_waits_until_resolution_traffic_has_passed(
     await hub._until_resolution_quiet(limit_s=0.3)  # never quiet: the limit still ends the wait
     assert 0.3 <= time.monotonic() - started < 5.0
     assert hub.stats.extra["housekeeping_deferred"] >= 1
+
+
+async def test_packets_wake_the_timer_without_running_every_timer(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each packet wakes the timer task so it sees new deadlines; the engine's timers run only when one
+    is due, or at least once a second on an agent that is woken all the time."""
+    import time
+
+    await registered_cloud(cloud, ipsec=False)
+    hub = cloud.agents["hub"]
+    ticks: list[float] = []
+    real_tick = hub.engine.tick
+
+    def counted_tick(now: float) -> list[Any]:
+        ticks.append(now)
+        return real_tick(now)
+
+    monkeypatch.setattr(hub.engine, "tick", counted_tick)
+    monkeypatch.setattr(hub.engine, "next_deadline", lambda: None)  # nothing is due
+    await asyncio.sleep(0.05)
+    ticks.clear()
+    started = time.monotonic()
+    for _ in range(50):  # fifty packets' wake-ups within a fraction of a second
+        hub._timer_wakeup.set()
+        await asyncio.sleep(0.002)
+    assert len(ticks) <= 1, f"{len(ticks)} ticks for 50 wake-ups with nothing due"
+    while time.monotonic() - started < 1.6:  # woken all the time: still ticks within about a second
+        hub._timer_wakeup.set()
+        await asyncio.sleep(0.01)
+    assert ticks, "an agent woken all the time never ran its timers"

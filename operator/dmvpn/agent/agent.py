@@ -169,6 +169,7 @@ class Agent:
         self.peer_since: dict[IPv4Address, float] = {}  # wall time a peer binding appeared
         self._dirty = asyncio.Event()
         self._timer_wakeup = asyncio.Event()
+        self._ticked_at = -math.inf  # clock() of the last engine tick (see _timer_loop)
         self._held: dict[IPv4Address, deque[tuple[float, Send]]] = {}
         self._resolving_since: dict[Address, float] = {}
         self._renewing: set[Address] = set()  # destinations asked again before their shortcut expires
@@ -635,12 +636,20 @@ class Agent:
             deadline = self.engine.next_deadline()
             delay = 1.0 if deadline is None else max(0.0, min(1.0, deadline - self.clock()))
             self._timer_wakeup.clear()
+            woken = False
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel that lands as the
             # event is set, leaving close() waiting forever for this task (seen in the simulated cloud).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._timer_wakeup.wait()
+                    woken = True
             now = self.clock()
+            if woken and not self._timer_due(now) and now - self._ticked_at < 1.0:
+                # Woken by new work (every packet wakes us): only the deadline may have moved. Running
+                # every timer here would add a full tick to each packet's handling; a busy agent still
+                # ticks (and expires held sends) at least once a second.
+                continue
+            self._ticked_at = now
             self._expire_held(now)
             try:
                 actions = self.engine.tick(now)
@@ -650,6 +659,10 @@ class Agent:
                 await asyncio.sleep(1.0)
                 continue
             self._carry_out(actions)
+
+    def _timer_due(self, now: float) -> bool:
+        deadline = self.engine.next_deadline()
+        return deadline is not None and deadline <= now
 
     def desired(self) -> plan.Desired:
         sa_up = self._sa_up if self.ipsec is not None else set()
