@@ -112,3 +112,29 @@ def test_node_state_file_matches_cni_schema(secrets: Path, tmp_path: Path) -> No
     state = load_node_state(str(path))
     assert state.pod_cidrs == ["10.1.1.0/24"] and state.mtu == 1400
     assert "10.1.0.0/16" in state.overlay_prefixes and state.tunnel_interface == "dmvpn0"
+
+
+def test_the_agents_log_records_skip_what_its_format_never_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No stack walk for the caller's file and line, no thread or process names: the format shows the
+    time, logger, level and message only, and every event on a shortcut's path is logged."""
+    import logging
+
+    from dmvpn.agent.main import lean_log_records
+
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))  # restored after the test
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("dmvpn.test.lean")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        lean_log_records()
+        logger.warning("shortcut %s", "up")
+    finally:
+        logger.removeHandler(handler)
+    (record,) = records
+    assert record.getMessage() == "shortcut up"
+    assert (record.pathname, record.lineno) == ("(unknown file)", 0)
+    assert record.threadName is None and record.processName is None

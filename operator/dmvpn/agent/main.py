@@ -202,8 +202,19 @@ async def run(config: NodeConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def lean_log_records() -> None:
+    """Skip what our log format never shows (the logging HOWTO's "Optimization" switches): the caller's
+    file and line (a stack walk per record), thread and process names. Every event on a shortcut's path
+    is logged: in the emulated test guest, profiled, one event's record took about a millisecond."""
+    logging._srcfile = None  # the switch the HOWTO documents for this
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    lean_log_records()
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
