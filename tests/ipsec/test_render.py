@@ -60,6 +60,7 @@ def test_spoke_peer_connection_is_gre_transport_between_nbma_addresses() -> None
                 "esp_proposals": ["aes256gcm16-ecp256"],
                 "rekey_time": "14400",
                 "dpd_action": "clear",
+                "replay_window": "1024",
                 "start_action": "none",
                 "close_action": "none",
             }
