@@ -529,3 +529,27 @@ async def test_packets_wake_the_timer_without_running_every_timer(
         hub._timer_wakeup.set()
         await asyncio.sleep(0.01)
     assert ticks, "an agent woken all the time never ran its timers"
+
+
+async def test_a_resolution_requests_cached_binding_costs_the_phase3_responder_no_reconcile(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The responder caches the requester's binding (CACHED), which no Phase 3 plan uses: recomputing
+    the plan for it would only delay the next packet. The requester still installs its shortcut."""
+    await registered_cloud(cloud, ipsec=False)
+    responder = cloud.agents["spoke-2"]
+    passes: list[int] = []
+    real_desired = responder.desired
+
+    def counted_desired() -> Any:
+        passes.append(1)
+        return real_desired()
+
+    monkeypatch.setattr(responder, "desired", counted_desired)
+    await asyncio.sleep(0.05)
+    passes.clear()
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in cloud.dataplanes["spoke-1"].routes)
+    await wait_for(lambda: any(e.type == EntryType.CACHED for e in responder.engine.cache))
+    await asyncio.sleep(0.1)
+    assert passes == [], "the responder ran a reconcile pass for a binding its plan cannot use"

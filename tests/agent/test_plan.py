@@ -176,3 +176,15 @@ def test_changes_write_only_the_difference_and_never_replace_a_conflicted_key() 
     )
     assert diff.remove_routes == (Route(old),)
     assert not plan.changes(after, after), "nothing to write when nothing changed"
+
+
+def test_only_the_bindings_a_plan_can_use_call_for_a_reconcile() -> None:
+    kinds = {phase: {t for t in EntryType if plan.uses(spoke_config(1, phase=phase), t)} for phase in (1, 2, 3)}
+    assert kinds == {1: set(), 2: {EntryType.SHORTCUT, EntryType.CACHED}, 3: {EntryType.SHORTCUT}}
+    assert {t for t in EntryType if plan.uses(hub_config(), t)} == {EntryType.DYNAMIC}
+    # uses() must agree with what desired() actually installs: a Phase 2 CACHED binding is a route.
+    cached = replace(shortcut(S2_LAN), type=EntryType.CACHED)
+    phase2 = spoke_config(1, ipsec=False, phase=2)
+    assert Route(S2_LAN, via=S2_TUNNEL) in plan.desired(phase2, [cached], {HUB_NBMA}, set(), 0).routes
+    phase3 = spoke_config(1, ipsec=False)
+    assert plan.desired(phase3, [cached], {HUB_NBMA}, set(), 0) == plan.desired(phase3, [], {HUB_NBMA}, set(), 0)

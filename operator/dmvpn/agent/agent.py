@@ -432,8 +432,11 @@ class Agent:
         return InitiatePolicy.ONCE
 
     def _cache_changed(self, change: CacheChanged) -> None:
-        self._dirty.set()
         entry = change.entry
+        # An update may have replaced a binding the plan uses by one it does not (the change names only
+        # the new one), so updates always count.
+        if change.kind == ChangeKind.UPDATED or plan.uses(self.config, entry.type):
+            self._dirty.set()
         nbma = entry.nbma
         if not isinstance(nbma, IPv4Address):
             return

@@ -41,14 +41,26 @@ def active_hub(config: NodeConfig, nhs_up: Collection[IPv4Address]) -> HubPeer |
     return config.hubs[0] if config.hubs else None
 
 
+def _spoke_kinds(config: NodeConfig) -> tuple[EntryType, ...]:
+    return (EntryType.SHORTCUT, EntryType.CACHED) if config.phase == 2 else (EntryType.SHORTCUT,)
+
+
+def uses(config: NodeConfig, entry_type: EntryType) -> bool:
+    """Whether bindings of this type can shape :func:`desired` at all. A binding of another type that
+    appears or goes (a Resolution Request's CACHED requester in Phase 3, a NEGATIVE entry) needs no
+    reconcile pass, and on a spoke that pass would run just as the Resolution Reply comes in."""
+    if config.is_hub:
+        return entry_type == EntryType.DYNAMIC
+    return config.phase != 1 and entry_type in _spoke_kinds(config)
+
+
 def shortcut_usable(entry: CacheEntry, config: NodeConfig, sa_up: Collection[IPv4Address], now: float) -> bool:
     """A resolved binding may carry traffic only once its IPsec SA is up (when IPsec is required):
     installing it earlier would send packets into a missing SA and lose them while IKE runs.
 
     Phase 2 also uses what a peer's Resolution Request told us (CACHED, the S bit): the reply to its first
     packet must go straight back, since our route to its prefix points at its tunnel address, not the hub."""
-    kinds = (EntryType.SHORTCUT, EntryType.CACHED) if config.phase == 2 else (EntryType.SHORTCUT,)
-    if entry.type not in kinds or entry.nbma is None or entry.next_hop is None or entry.expired(now):
+    if entry.type not in _spoke_kinds(config) or entry.nbma is None or entry.next_hop is None or entry.expired(now):
         return False
     if not isinstance(entry.nbma, IPv4Address) or not isinstance(entry.next_hop, IPv4Address):
         return False
