@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from dmvpn.agent import plan
 from dmvpn.agent.config import HubPeer
 from dmvpn.dataplane import Neighbour, Route
@@ -188,3 +191,10 @@ def test_only_the_bindings_a_plan_can_use_call_for_a_reconcile() -> None:
     assert Route(S2_LAN, via=S2_TUNNEL) in plan.desired(phase2, [cached], {HUB_NBMA}, set(), 0).routes
     phase3 = spoke_config(1, ipsec=False)
     assert plan.desired(phase3, [cached], {HUB_NBMA}, set(), 0) == plan.desired(phase3, [], {HUB_NBMA}, set(), 0)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32), st.integers(0, 2**32 - 1), st.integers(0, 32), st.booleans())
+def test_within_agrees_with_ipaddress_subnet_of(a: int, a_len: int, b: int, b_len: int, nested: bool) -> None:
+    inner = IPv4Network((a, a_len), strict=False)
+    outer = IPv4Network((b if not nested else a, b_len), strict=False)  # often nested, often not
+    assert plan._within(inner, outer) == inner.subnet_of(outer)
