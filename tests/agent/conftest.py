@@ -174,6 +174,7 @@ class FakeIpsec:
         net.ipsecs[me] = self
         # charon outlives an agent restart: SAs it holds are up from the start
         self.up = {peer for pair in net.sas if me in pair for peer in pair if peer != me}
+        self.verifications = 0
 
     async def start(self) -> None:
         pass
@@ -217,6 +218,10 @@ class FakeIpsec:
         stream = FakeStream()
         self.streams.append(stream)
         return stream
+
+    async def verify_if_due(self) -> ApplyReport | None:
+        self.verifications += 1
+        return None
 
     async def list_sas(self) -> list[IkeSaInfo]:
         return [

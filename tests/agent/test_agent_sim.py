@@ -12,7 +12,7 @@ import pytest
 from dmvpn.agent import views
 from dmvpn.agent.agent import Agent
 from dmvpn.dataplane import HairpinEvent, Neighbour, Route
-from dmvpn.ipsec.types import InitiatePolicy
+from dmvpn.ipsec.types import InitiatePolicy, IpsecError
 from dmvpn.nhrp.cache import CacheEntry, EntryType
 from dmvpn.nhrp.codec import PacketType
 from dmvpn.nhrp.engine import ResolutionDone
@@ -553,3 +553,24 @@ async def test_a_resolution_requests_cached_binding_costs_the_phase3_responder_n
     await wait_for(lambda: any(e.type == EntryType.CACHED for e in responder.engine.cache))
     await asyncio.sleep(0.1)
     assert passes == [], "the responder ran a reconcile pass for a binding its plan cannot use"
+
+
+async def test_charons_configuration_is_checked_by_the_periodic_sample_and_a_failed_check_is_reported(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ensure_peer never compares charon's connections with ours (a shortcut waits for it); the periodic
+    SA sample does, and a check that fails is reported and tried again at the next sample."""
+    await registered_cloud(cloud)
+    spoke = cloud.agents["spoke-1"]
+    ipsec = cloud.ipsecs["spoke-1"]
+    calls: list[int] = []
+
+    async def failing_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise IpsecError("get-conns failed: charon is busy")
+
+    monkeypatch.setattr(ipsec, "verify_if_due", failing_once)
+    await wait_for(lambda: len(calls) >= 1, limit=10.0)
+    assert spoke.stats.last_error == "ipsec verify: get-conns failed: charon is busy"
+    await wait_for(lambda: len(calls) >= 2, limit=10.0)  # the loop kept sampling

@@ -94,22 +94,25 @@ async def test_start_loads_profile_and_reapply_changes_nothing(charon: FakeCharo
         assert not (await again.apply()).changed
 
 
-async def test_ensuring_a_peer_trusts_what_the_session_loaded_and_asks_charon_again_later(
+async def test_ensuring_a_peer_trusts_what_the_session_loaded_and_the_check_comes_later(
     charon: FakeCharon, socket_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each VICI round trip delays the peer's IKE: ensure_peer loads the new connection without first
-    listing charon's connections and secrets, but what someone else removed is repaired by the next
-    check (every _VERIFY_EVERY_S)."""
+    listing charon's connections and secrets, even when a check is due; what someone else removed is
+    repaired by verify_if_due (every _VERIFY_EVERY_S), which the agent calls off the shortcut's path."""
     async with manager(socket_path) as ipsec:
         asked = charon.commands["get-conns"], charon.commands["get-shared"]
         await ipsec.ensure_peer(LOW, InitiatePolicy.ONCE)
         assert (charon.commands["get-conns"], charon.commands["get-shared"]) == asked
         assert "dmvpn-peer-192.0.2.11" in charon.conns
         del charon.conns["dmvpn-peer-192.0.2.11"]  # an admin's swanctl --load-all, say
-        await ipsec.ensure_peer(HIGH)
-        assert "dmvpn-peer-192.0.2.11" not in charon.conns, "not asked yet: the record is trusted"
+        assert await ipsec.verify_if_due() is None, "checked moments ago: not due"
         monkeypatch.setattr(manager_module, "_VERIFY_EVERY_S", 0.0)
         await ipsec.ensure_peer(HIGH)
+        assert (charon.commands["get-conns"], charon.commands["get-shared"]) == asked, "due, yet not asked here"
+        assert "dmvpn-peer-192.0.2.11" not in charon.conns, "the record is trusted"
+        report = await ipsec.verify_if_due()
+        assert report is not None and report.loaded_conns == ("dmvpn-peer-192.0.2.11",)
         assert charon.commands["get-conns"] == asked[0] + 1
         assert {"dmvpn-peer-192.0.2.11", "dmvpn-peer-192.0.2.13"} <= set(charon.conns), "repaired"
 

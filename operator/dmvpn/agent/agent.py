@@ -597,6 +597,20 @@ class Agent:
                 continue
             for peer in self._known_peers():
                 self._sa_changed(peer, self.ipsec.sa_up(peer), "sync")
+            await self._verify_charon()
+
+    async def _verify_charon(self) -> None:
+        """Repair what someone else changed in charon (our connections, the PSK) now and then. Here, not
+        in ensure_peer: the check costs charon two more answers, and a shortcut waits for ensure_peer;
+        this loop has just waited for resolution traffic to pass."""
+        assert self.ipsec is not None
+        try:
+            report = await self.ipsec.verify_if_due()
+        except Exception as error:
+            self.stats.last_error = f"ipsec verify: {error}"
+            return
+        if report is not None and report.changed:
+            self.event("ike", f"repaired charon's configuration: {report}")
 
     async def _until_resolution_quiet(self, limit_s: float) -> None:
         """Wait until no resolution traffic has passed for :data:`HOUSEKEEPING_QUIET_S`, at most

@@ -340,9 +340,10 @@ class IpsecManager:
         the current one) and the ensured peers. Idempotent: a second call loads nothing and no SA drops.
 
         ``verify=False`` trusts our record of what this session loaded instead of asking charon first
-        (``get-conns``/``get-shared``), unless the last check is older than :data:`_VERIFY_EVERY_S`: what
-        someone else changed in charon is then repaired within that time."""
-        verify = verify or self._verified_at is None or time.monotonic() - self._verified_at > _VERIFY_EVERY_S
+        (``get-conns``/``get-shared``), once a check has been made: ``ensure_peer`` runs as a shortcut
+        waits for its SA, and two more round trips there would delay the IKE exchange. What someone else
+        changed in charon is repaired by :meth:`verify_if_due`, which the agent calls off that path."""
+        verify = verify or self._verified_at is None
         async with self._apply_lock:
             moved = profile is not None and profile.local_nbma != self.profile.local_nbma
             if profile is not None and profile != self.profile:
@@ -371,6 +372,18 @@ class IpsecManager:
                 unloaded_shared=unloaded_shared,
                 loaded_credentials=creds,
             )
+
+    def verify_due(self) -> bool:
+        """True if charon's connections and secrets were last compared with ours over
+        :data:`_VERIFY_EVERY_S` ago (or never)."""
+        return self._verified_at is None or time.monotonic() - self._verified_at > _VERIFY_EVERY_S
+
+    async def verify_if_due(self) -> ApplyReport | None:
+        """Compare charon's connections and secrets with ours and repair the difference (someone ran
+        ``swanctl --load-all``, say) when the last check is old enough; None when it was not due."""
+        if not self.verify_due():
+            return None
+        return await self.apply(verify=True)
 
     async def _apply_credentials(self, session: ViciConnection) -> tuple[str, ...]:
         certs, keys = render_credentials(self.profile)
