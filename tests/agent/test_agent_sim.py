@@ -14,7 +14,7 @@ from dmvpn.agent.agent import Agent
 from dmvpn.dataplane import HairpinEvent, Neighbour, Route
 from dmvpn.ipsec.types import InitiatePolicy, IpsecError
 from dmvpn.nhrp.cache import CacheEntry, EntryType
-from dmvpn.nhrp.codec import PacketType
+from dmvpn.nhrp.codec import Address, PacketType, TrafficIndication, encode
 from dmvpn.nhrp.engine import ResolutionDone
 
 from .conftest import HUB_NBMA, HUB_TUNNEL, Cloud, FakeDataplane, hub_config, ipv4_header, spoke_config, wait_for
@@ -574,3 +574,32 @@ async def test_charons_configuration_is_checked_by_the_periodic_sample_and_a_fai
     await wait_for(lambda: len(calls) >= 1, limit=10.0)
     assert spoke.stats.last_error == "ipsec verify: get-conns failed: charon is busy"
     await wait_for(lambda: len(calls) >= 2, limit=10.0)  # the loop kept sampling
+
+
+async def test_the_request_leaves_before_the_indication_is_noted_and_a_refused_one_is_not_noted(
+    cloud: Cloud,
+) -> None:
+    """Noting a Traffic Indication (a decode and a log line) waits until the Resolution Request it caused
+    has left; an indication the engine does not act on (here: for our own site) starts no clock."""
+    await registered_cloud(cloud, ipsec=False)
+    spoke1 = cloud.agents["spoke-1"]
+    transport = spoke1.transport
+    assert transport is not None
+    noted_at_send: list[int] = []
+    real_send = transport.send
+
+    def watched_send(nbma: Address, data: bytes) -> bool:
+        if data[17] == PacketType.RESOLUTION_REQUEST:
+            noted_at_send.append(sum(e["kind"] == "traffic-indication" for e in spoke1.events))
+        return real_send(nbma, data)
+
+    transport.send = watched_send  # type: ignore[method-assign]
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    await wait_for(lambda: any(e["kind"] == "traffic-indication" for e in spoke1.events))
+    assert noted_at_send[0] == 0, "the indication was noted before its request left"
+
+    own = TrafficIndication(hop_count=1, src_nbma=HUB_NBMA, src_protocol=HUB_TUNNEL, dst_protocol=S1_TUNNEL,
+                            original_packet=ipv4_header("10.1.2.10", "10.1.1.20"))  # fmt: skip
+    spoke1._on_packet(encode(own), HUB_NBMA)
+    assert IPv4Address("10.1.1.20") not in spoke1._resolving_since
+    assert sum(e["kind"] == "traffic-indication" for e in spoke1.events) == 1

@@ -327,10 +327,10 @@ class Agent:
 
     def _on_packet(self, data: bytes, nbma: Address) -> None:
         now = self.clock()
+        indication = False
         if len(data) > _TYPE_OFFSET and data[_TYPE_OFFSET] in _RESOLUTION_TYPES:
             self._resolution_traffic_at = time.monotonic()
-            if data[_TYPE_OFFSET] == PacketType.TRAFFIC_INDICATION:
-                self._note_indication(data, nbma, now)
+            indication = data[_TYPE_OFFSET] == PacketType.TRAFFIC_INDICATION
         try:
             actions = self.engine.receive(data, nbma, now)
         except Exception as error:  # a bug must cost one packet, never the agent
@@ -339,8 +339,14 @@ class Agent:
             self.stats.last_error = f"engine: {error!r}"
             return
         self._carry_out(actions)
+        if indication:  # after the Resolution Request it caused has left: noting it costs a decode and a log
+            self._note_indication(data, nbma, now)
 
     def _note_indication(self, data: bytes, nbma: Address, now: float) -> None:
+        """Start the resolution's clock and say so, for an indication the engine acted on (a resolution of
+        the destination is pending; not one it refused, or already answered from its cache)."""
+        if self.config.phase != 3 or self.config.is_hub:
+            return
         try:
             packet = decode(data)
         except NHRPDecodeError:
@@ -351,7 +357,7 @@ class Agent:
         if addresses is None:
             return
         destination = addresses[1]
-        if self.config.phase == 3 and not self.config.is_hub and destination not in self._resolving_since:
+        if destination not in self._resolving_since and self.engine.resolving(destination):
             self._resolving_since[destination] = now
             self.event("traffic-indication", f"from {nbma}: {addresses[0]} -> {destination} went via the hub")
 

@@ -147,6 +147,10 @@ class Engine:
         """Resolution Requests of ours still waiting for their reply (renewals included)."""
         return len(self._resolver.pending)
 
+    def resolving(self, destination: Address) -> bool:
+        """Whether a Resolution Request of ours for ``destination`` is waiting for its reply."""
+        return self._resolver.is_pending(destination)
+
     def resolve(self, destination: Address, now: float) -> list[Action]:
         """Find the NBMA next hop for ``destination`` (ResolutionDone/ResolutionFailed follow)."""
         self._resolver.resolve(destination, now)

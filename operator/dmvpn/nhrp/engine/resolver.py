@@ -99,6 +99,9 @@ class Resolver:
             return True
         return False
 
+    def is_pending(self, destination: Address) -> bool:
+        return destination in self._by_destination
+
     def _request(self, pending: PendingResolution) -> Message:
         config = self.ctx.config
         flags = ResolutionFlag.Q | ResolutionFlag.A | ResolutionFlag.S
