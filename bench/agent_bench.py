@@ -162,7 +162,7 @@ def describe_paths(spoke: Site) -> None:
         detail = " ".join(spoke.ns.run("ip", "-d", "link", "show", "dev", dev).split())
         print(f"  {spoke.name} {dev}: {detail}", flush=True)
     for line in spoke.ns.run("ip", "xfrm", "state").splitlines():
-        if line.strip().startswith(("proto", "replay-window", "src", "flag", "anti-replay")):
+        if line.strip().startswith(("proto", "replay-window", "replay_window", "src", "flag", "anti-replay")):
             print(f"  {spoke.name} xfrm: {line.strip()}", flush=True)
 
 
