@@ -26,7 +26,8 @@ DELAY_MS = 10.0
 PING_INTERVAL = 0.02
 PING_COUNT = 250  # 5 s: the emulated guest needs ~2.5 s for IKE + NHRP; real hardware far less
 SHOWN_EVENTS = {"traffic-indication", "resolution-reply", "ike", "sa-up", "route-added", "registration", "nhs"}
-_T0: list[float] = []
+_T0: list[float] = []  # t = 0 of the printed times: the first ping's send time once a reply tells it
+_FIRST_PING = threading.Event()  # set when _T0 holds that send time (until then: when ping was started)
 
 
 def _step(text: str) -> None:
@@ -83,9 +84,20 @@ class Timeline:
             self.marks.append((at, who, what))
 
 
-def _follow_events(agents: AgentLab, names: list[str], timeline: Timeline, stop: threading.Event) -> None:
-    """Poll each agent's event log and print new events as they happen."""
+def first_sent_at(stamp: float, rtt_ms: float, seq: int, interval: float) -> float:
+    """When ping sent its first request, from any reply: ``ping -D`` stamps the reply's arrival, the RTT
+    dates its request, and requests leave every ``interval`` from icmp_seq 1."""
+    return stamp - rtt_ms / 1000 - (seq - 1) * interval
+
+
+def _follow_events(
+    agents: AgentLab, names: list[str], timeline: Timeline, stop: threading.Event, started: float
+) -> None:
+    """Poll each agent's event log and print new events (since ``started``) as they happen, once t = 0 is
+    known (the first reply dates the first ping; starting ping in the pod's namespace took ~250 ms in the
+    emulated guest, which t = 0 must not include). Events meanwhile wait in the agents' logs."""
     seen: dict[str, int] = dict.fromkeys(names, 0)
+    _FIRST_PING.wait(timeout=5.0)
     while not stop.is_set():
         for name in names:
             try:
@@ -93,7 +105,7 @@ def _follow_events(agents: AgentLab, names: list[str], timeline: Timeline, stop:
             except Exception:
                 continue
             for event in events[seen[name] :]:
-                if event["kind"] in SHOWN_EVENTS and event["time"] >= _T0[0]:
+                if event["kind"] in SHOWN_EVENTS and event["time"] >= started:
                     timeline.add(event["time"], name, f"{event['kind']}: {event['text']}")
                     offset = (event["time"] - _T0[0]) * 1000
                     print(f"[+{offset:8.1f} ms] {name:7} {event['kind']:<18} {event['text']}", flush=True)
@@ -120,6 +132,9 @@ def _ping_live(src: Site, dst: Site, timeline: Timeline, direct_rtt_ms: float) -
             stamp, rtt, seq = float(match["stamp"]), float(match["rtt"]), int(match["seq"])
             direct = rtt < direct_rtt_ms
             sent_at = stamp - rtt / 1000
+            if not _FIRST_PING.is_set():
+                _T0[0] = first_sent_at(stamp, rtt, seq, PING_INTERVAL)
+                _FIRST_PING.set()
             if direct and first_direct is None:
                 first_direct = sent_at
                 timeline.add(sent_at, src.name, f"first packet on the direct path (icmp_seq {seq})")
@@ -151,8 +166,11 @@ def agent_demo() -> int:
 
         timeline = Timeline()
         stop = threading.Event()
-        _T0.append(time.time())
-        follower = threading.Thread(target=_follow_events, args=(agents, ["hub", "spoke1", "spoke2"], timeline, stop))
+        started = time.time()
+        _T0.append(started)
+        follower = threading.Thread(
+            target=_follow_events, args=(agents, ["hub", "spoke1", "spoke2"], timeline, stop, started)
+        )
         follower.start()
         print(
             f"\n--- pod {spoke1.pod_ip} (spoke1) pings pod {spoke2.pod_ip} (spoke2) every {PING_INTERVAL * 1000:.0f} ms"
