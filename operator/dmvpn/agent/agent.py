@@ -169,7 +169,6 @@ class Agent:
         self.peer_since: dict[IPv4Address, float] = {}  # wall time a peer binding appeared
         self._dirty = asyncio.Event()
         self._timer_wakeup = asyncio.Event()
-        self._ticked_at = -math.inf  # clock() of the last engine tick (see _timer_loop)
         self._held: dict[IPv4Address, deque[tuple[float, Send]]] = {}
         self._resolving_since: dict[Address, float] = {}
         self._renewing: set[Address] = set()  # destinations asked again before their shortcut expires
@@ -655,8 +654,9 @@ class Agent:
     # --- timers, reconcile, idle ----------------------------------------------------------------------
 
     async def _timer_loop(self) -> None:
+        ticked_at = -math.inf  # clock() of the last engine tick
+        deadline = self.engine.next_deadline()
         while True:
-            deadline = self.engine.next_deadline()
             delay = 1.0 if deadline is None else max(0.0, min(1.0, deadline - self.clock()))
             self._timer_wakeup.clear()
             woken = False
@@ -667,12 +667,13 @@ class Agent:
                     await self._timer_wakeup.wait()
                     woken = True
             now = self.clock()
-            if woken and not self._timer_due(now) and now - self._ticked_at < 1.0:
-                # Woken by new work (every packet wakes us): only the deadline may have moved. Running
-                # every timer here would add a full tick to each packet's handling; a busy agent still
-                # ticks (and expires held sends) at least once a second.
+            deadline = self.engine.next_deadline()
+            if woken and (deadline is None or deadline > now) and now - ticked_at < 1.0:
+                # Woken by new work (every packet wakes us): only the deadline may have moved, and it is
+                # read above. Running every timer here would add a full tick to each packet's handling;
+                # a busy agent still ticks (and expires held sends) at least once a second.
                 continue
-            self._ticked_at = now
+            ticked_at = now
             self._expire_held(now)
             try:
                 actions = self.engine.tick(now)
@@ -680,12 +681,10 @@ class Agent:
                 log.exception("engine tick failed")
                 self.stats.last_error = f"engine tick: {error!r}"
                 await asyncio.sleep(1.0)
+                deadline = self.engine.next_deadline()
                 continue
             self._carry_out(actions)
-
-    def _timer_due(self, now: float) -> bool:
-        deadline = self.engine.next_deadline()
-        return deadline is not None and deadline <= now
+            deadline = self.engine.next_deadline()
 
     def desired(self) -> plan.Desired:
         sa_up = self._sa_up if self.ipsec is not None else set()

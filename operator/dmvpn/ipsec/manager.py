@@ -373,15 +373,11 @@ class IpsecManager:
                 loaded_credentials=creds,
             )
 
-    def verify_due(self) -> bool:
-        """True if charon's connections and secrets were last compared with ours over
-        :data:`_VERIFY_EVERY_S` ago (or never)."""
-        return self._verified_at is None or time.monotonic() - self._verified_at > _VERIFY_EVERY_S
-
     async def verify_if_due(self) -> ApplyReport | None:
         """Compare charon's connections and secrets with ours and repair the difference (someone ran
-        ``swanctl --load-all``, say) when the last check is old enough; None when it was not due."""
-        if not self.verify_due():
+        ``swanctl --load-all``, say) when the last check is over :data:`_VERIFY_EVERY_S` old (or there
+        was none); None when it was not due."""
+        if self._verified_at is not None and time.monotonic() - self._verified_at <= _VERIFY_EVERY_S:
             return None
         return await self.apply(verify=True)
 
