@@ -4,6 +4,7 @@ and IPsec: registration after the SA, Phase 3 shortcuts gated by their SA, idle 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -66,22 +67,48 @@ async def test_phase3_shortcut_installed_once_sa_is_up_both_directions(cloud: Cl
     sa_at = cloud.net.sas[frozenset({S1_NBMA, S2_NBMA})]
     route_at = next(t for t, what, item in spoke1.history if what == "+route" and item == Route(S2_LAN, via=S2_TUNNEL))
     assert route_at >= sa_at, "the shortcut must not carry traffic before its SA is up"
-    # The responder started IKE when the Resolution Request reached it (in parallel with the reply).
-    # Once: if spoke-1 later drops the SA as idle, spoke-2 must not make it again (no ALWAYS keeper).
-    assert (S1_NBMA, InitiatePolicy.ONCE) in cloud.ipsecs["spoke-2"].ensured
-    # Its reply waited for that SA and goes once more a moment later (the first copy may beat the
-    # initiator's inbound SA); spoke-1 ignores the duplicate.
-    await wait_for(lambda: cloud.agents["spoke-2"].stats.extra.get("held_sends_repeated", 0) >= 1)
+    # spoke-1 (192.0.2.11) is the lower address: the hub answered its request from spoke-2's registration,
+    # spoke-2 never saw it, so spoke-1 initiates at once. Once: if spoke-1 later drops the SA as idle,
+    # nobody makes it again until traffic asks (no ALWAYS keeper).
+    assert cloud.agents["hub"].engine.counters.events["resolution_answered_from_cache"] == 1
+    assert (S2_NBMA, InitiatePolicy.ONCE) in cloud.ipsecs["spoke-1"].ensured
+    assert not [peer for peer, _ in cloud.ipsecs["spoke-2"].ensured if peer == S1_NBMA]
     assert cloud.agents["spoke-1"].stats.shortcuts_created == 1
     kinds = [e["kind"] for e in views.show_events(cloud.agents["spoke-1"])]
     assert kinds.index("traffic-indication") < kinds.index("resolution-reply")
-    # And back: spoke-2's traffic to spoke-1 hairpins at the hub too.
+    # And back: spoke-2's traffic to spoke-1 hairpins at the hub too. spoke-2 is the higher address, so
+    # the hub passes its request on to spoke-1, which answers over the SA that is up.
     hairpin(cloud, "10.1.2.10", "10.1.1.10")
     await wait_for(lambda: Route(S1_LAN, via=S1_TUNNEL) in cloud.dataplanes["spoke-2"].routes)
+    assert cloud.agents["hub"].engine.counters.events["resolution_forwarded"] == 1
     shortcut_rows = [p for p in views.show_dmvpn(cloud.agents["spoke-1"])["peers"] if p["kind"] == "shortcut"]
     assert shortcut_rows and shortcut_rows[0]["state"] == "up" and shortcut_rows[0]["prefixes"] == [str(S2_LAN)]
     nhrp = {(row["protocol"], row["type"]) for row in views.show_nhrp(cloud.agents["spoke-1"])}
     assert {(str(S2_LAN), "shortcut"), (str(S2_TUNNEL), "shortcut"), (str(HUB_TUNNEL), "nhs")} <= nhrp
+
+
+async def test_the_higher_address_resolving_leaves_the_sa_to_the_lower_responder(cloud: Cloud) -> None:
+    """spoke-2 (.12) resolves spoke-1 (.11): the hub passes the request on, spoke-1 learns spoke-2's address
+    from it and initiates at once; its reply, which waits for the SA, also goes back through the hub, so
+    spoke-2 knows the binding early and waits for the SA (AUTO) instead of initiating a second IKE_SA."""
+    await registered_cloud(cloud)
+    spoke2 = cloud.dataplanes["spoke-2"]
+    hairpin(cloud, "10.1.2.10", "10.1.1.10")
+    await wait_for(lambda: Route(S1_LAN, via=S1_TUNNEL) in spoke2.routes)
+    sa_at = cloud.net.sas[frozenset({S1_NBMA, S2_NBMA})]
+    route_at = next(t for t, what, item in spoke2.history if what == "+route" and item == Route(S1_LAN, via=S1_TUNNEL))
+    assert route_at >= sa_at, "the shortcut must not carry traffic before its SA is up"
+    assert cloud.agents["hub"].engine.counters.events["resolution_forwarded"] == 1
+    assert cloud.agents["hub"].engine.counters.events["resolution_answered_from_cache"] == 0
+    assert (S2_NBMA, InitiatePolicy.ONCE) in cloud.ipsecs["spoke-1"].ensured
+    assert [policy for peer, policy in cloud.ipsecs["spoke-2"].ensured if peer == S1_NBMA] == [InitiatePolicy.AUTO]
+    assert cloud.agents["spoke-1"].stats.extra.get("replies_relayed", 0) >= 1
+    relayed = [(src, dst) for src, dst, data in cloud.net.sent if data[17] == PacketType.RESOLUTION_REPLY]
+    assert (S1_NBMA, HUB_NBMA) in relayed and (HUB_NBMA, S2_NBMA) in relayed
+    # The held direct copy goes once the SA is up, and once more a moment later (the first copy may beat
+    # the initiator's inbound SA); spoke-2 ignores the duplicates.
+    await wait_for(lambda: cloud.agents["spoke-1"].stats.extra.get("held_sends_repeated", 0) >= 1)
+    assert cloud.agents["spoke-2"].stats.shortcuts_created == 1
 
 
 async def test_spokes_resolving_each_other_at_once_leave_the_sa_to_the_lower_address(cloud: Cloud) -> None:
@@ -90,26 +117,22 @@ async def test_spokes_resolving_each_other_at_once_leave_the_sa_to_the_lower_add
     hairpin(cloud, "10.1.2.10", "10.1.1.10")
     await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in cloud.dataplanes["spoke-1"].routes)
     await wait_for(lambda: Route(S1_LAN, via=S1_TUNNEL) in cloud.dataplanes["spoke-2"].routes)
-    # spoke-1 (192.0.2.11) initiates as the responder of spoke-2's request; spoke-2 (.12), whose own
-    # resolution was pending, waits for it (AUTO: its fallback would initiate if no SA came).
-    assert (S2_NBMA, InitiatePolicy.ONCE) in cloud.ipsecs["spoke-1"].ensured
-    assert (S1_NBMA, InitiatePolicy.ONCE) not in cloud.ipsecs["spoke-2"].ensured
-    assert (S1_NBMA, InitiatePolicy.AUTO) in cloud.ipsecs["spoke-2"].ensured
-    # spoke-2, waiting, cannot send its reply to spoke-1 directly yet: it hands it to the hub, which passes
-    # it on, so spoke-1 learns spoke-2's address without waiting for spoke-2's own request.
-    assert cloud.agents["spoke-2"].stats.extra.get("replies_relayed", 0) >= 1
-    relayed = [(src, dst) for src, dst, data in cloud.net.sent if data[17] == PacketType.RESOLUTION_REPLY]
-    assert (S2_NBMA, HUB_NBMA) in relayed and (HUB_NBMA, S1_NBMA) in relayed
-    assert cloud.agents["spoke-1"].stats.extra.get("replies_relayed", 0) == 0, "the lower address never waits"
+    # spoke-1 (192.0.2.11) learns spoke-2's address from the hub's answer and from spoke-2's request, and
+    # initiates; spoke-2 (.12) never initiates first (AUTO: its fallback would, if no SA came).
+    assert {policy for peer, policy in cloud.ipsecs["spoke-1"].ensured if peer == S2_NBMA} == {InitiatePolicy.ONCE}
+    assert {policy for peer, policy in cloud.ipsecs["spoke-2"].ensured if peer == S1_NBMA} == {InitiatePolicy.AUTO}
+    assert cloud.agents["spoke-2"].stats.extra.get("replies_relayed", 0) == 0, "the higher address answers nobody"
 
 
-def test_a_reply_that_came_through_an_nhs_makes_the_requester_initiate_at_once() -> None:
-    """Relayed (the responder waits for us, or an NHS answered for a spoke that never saw the request):
-    nobody else brings the SA up. Straight from the responder: it came over the responder's SA."""
+def test_only_an_nhs_answering_for_the_destination_makes_the_requester_initiate_at_once() -> None:
+    """An NHS answered itself: the destination never saw our request, nobody else brings the SA up. The
+    responder's own reply, straight or relayed through an NHS, follows the tie-break (AUTO)."""
     entry = CacheEntry(prefix=S2_LAN, type=EntryType.SHORTCUT, nbma=S2_NBMA, next_hop=S2_TUNNEL)
-    relayed = ResolutionDone(IPv4Address("10.1.2.10"), entry, relayed=True)
-    assert Agent._shortcut_policy(relayed) is InitiatePolicy.ONCE
-    assert Agent._shortcut_policy(ResolutionDone(relayed.destination, entry)) is InitiatePolicy.AUTO
+    answered = ResolutionDone(IPv4Address("10.1.2.10"), entry, relayed=True, nhs_answer=True)
+    assert Agent._shortcut_policy(answered) is InitiatePolicy.ONCE
+    relayed = ResolutionDone(answered.destination, entry, relayed=True)
+    assert Agent._shortcut_policy(relayed) is InitiatePolicy.AUTO
+    assert Agent._shortcut_policy(ResolutionDone(answered.destination, entry)) is InitiatePolicy.AUTO
 
 
 async def test_idle_shortcut_expires_with_its_sa(cloud: Cloud) -> None:
@@ -537,6 +560,10 @@ async def test_a_resolution_requests_cached_binding_costs_the_phase3_responder_n
     """The responder caches the requester's binding (CACHED), which no Phase 3 plan uses: recomputing
     the plan for it would only delay the next packet. The requester still installs its shortcut."""
     await registered_cloud(cloud, ipsec=False)
+    # Our hub would answer our spokes itself: spoke-1 stands in for a requester that sets the A bit (the
+    # engine's default), so the request goes on to spoke-2.
+    requester = cloud.agents["spoke-1"].engine._ctx
+    requester.config = replace(requester.config, authoritative_requests=True)
     responder = cloud.agents["spoke-2"]
     passes: list[int] = []
     real_desired = responder.desired

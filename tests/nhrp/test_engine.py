@@ -706,6 +706,64 @@ def test_hub_answers_from_its_cache_when_authority_is_not_required(net: SimNet) 
     )
 
 
+def test_a_request_without_a_is_answered_by_the_hub_holding_the_registration(net: SimNet) -> None:
+    """RFC 2332: the NHS serving the destination may answer for its client. The requester learns the binding
+    from the hub (one hop and one node sooner), the hub remembers it for purges, the destination sees nothing."""
+    hub, a, b = hub_and_two_spokes(net, authoritative_requests=False)
+    net.call(a, a.resolve, A("10.20.0.5"))
+    (request,) = net.sent(PacketType.RESOLUTION_REQUEST)
+    assert isinstance(request.packet, Message) and not request.packet.flags & ResolutionFlag.A
+    assert not net.sent(PacketType.RESOLUTION_REQUEST, src=HUB_NBMA), "answered, not forwarded"
+    (reply,) = net.sent(PacketType.RESOLUTION_REPLY)
+    assert (reply.src, reply.dst) == (HUB_NBMA, SPOKE_A_NBMA)
+    shortcut = a.cache.get(SITE_B)
+    assert shortcut is not None and shortcut.type == EntryType.SHORTCUT
+    assert (shortcut.nbma, shortcut.next_hop) == (SPOKE_B_NBMA, SPOKE_B)
+    (done,) = net.of(SPOKE_A_NBMA, ResolutionDone)
+    assert isinstance(done, ResolutionDone) and done.nhs_answer and done.relayed
+    assert b.cache.get(ip_network(SPOKE_A)) is None
+    assert hub.counters.events["resolution_answered_from_cache"] == 1
+    assert hub._server is not None and SPOKE_A in hub._server.interested[SITE_B]
+
+
+def test_a_hub_answering_lower_requesters_only_forwards_a_higher_ones_request(net: SimNet) -> None:
+    """NhsAnswers.LOWER_REQUESTER (IPsec): the lower NBMA address of a shortcut always learns the other's first,
+    from the hub's answer or from the forwarded request, and initiates the SA."""
+    from dmvpn.nhrp.engine import NhsAnswers
+
+    hub = net.add(hub_config(nhs_answers=NhsAnswers.LOWER_REQUESTER))
+    a = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, site_prefixes=(SITE_A,), authoritative_requests=False))
+    b = net.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, site_prefixes=(SITE_B,), authoritative_requests=False))
+    net.start()
+    net.call(a, a.resolve, A("10.20.0.5"))  # A (.10) is lower than B (.20): the hub answers
+    assert [(w.src, w.dst) for w in net.sent(PacketType.RESOLUTION_REPLY)] == [(HUB_NBMA, SPOKE_A_NBMA)]
+    assert hub.counters.events["resolution_answered_from_cache"] == 1
+    net.call(b, b.resolve, A("10.10.0.5"))  # B is higher: on to A, which answers with authority
+    assert net.sent(PacketType.RESOLUTION_REQUEST, src=HUB_NBMA, dst=SPOKE_A_NBMA)
+    assert hub.counters.events["resolution_forwarded"] == 1
+    reply = net.sent(PacketType.RESOLUTION_REPLY, src=SPOKE_A_NBMA, dst=SPOKE_B_NBMA)[0].packet
+    assert isinstance(reply, Message) and reply.flags & ResolutionFlag.A
+    (done,) = net.of(SPOKE_B_NBMA, ResolutionDone)
+    assert isinstance(done, ResolutionDone) and not done.nhs_answer and not done.relayed
+    assert a.cache.get(ip_network(SPOKE_B)) is not None, "A learned B's binding from the request"
+
+
+def test_an_authoritative_reply_relayed_by_the_hub_is_no_nhs_answer(net: SimNet) -> None:
+    """A responder's reply that came back through the hub is relayed, but the responder saw the request."""
+    hub, a, _ = hub_and_two_spokes(net)
+    net.take(a, a.resolve(A("10.20.0.5"), net.now))
+    for _ in range(2):  # a -> hub -> b; b's reply stays queued
+        sender, send = net.queue.pop(0)
+        receiver = net.nodes[send.nbma]  # type: ignore[index]
+        net.take(receiver, receiver.receive(send.data, sender, net.now))
+    (reply,) = [send for _, send in net.queue if send.packet_type == PacketType.RESOLUTION_REPLY]
+    assert reply.relay == HUB_NBMA
+    actions = a.receive(reply.data, HUB_NBMA, net.now)  # as if the hub passed it on
+    (done,) = [action for action in actions if isinstance(action, ResolutionDone)]
+    assert done.relayed and not done.nhs_answer
+    assert hub.counters.events["resolution_answered_from_cache"] == 0
+
+
 def test_undecodable_packets_are_counted_and_reported_but_never_errors_about_errors(net: SimNet) -> None:
     hub, _, _ = hub_and_two_spokes(net)
     good = encode(resolution_request(A("10.20.0.5")))

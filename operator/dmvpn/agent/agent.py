@@ -39,6 +39,7 @@ from dmvpn.nhrp.engine import (
     Engine,
     EngineConfig,
     NATAddressChanged,
+    NhsAnswers,
     NHSConfig,
     NHSStateChanged,
     ResolutionDone,
@@ -393,18 +394,18 @@ class Agent:
             held.append((self.clock(), action))
             self.stats.sends_held_for_sa += 1
             if not self.config.is_hub:
-                policy = self._policy_for(nbma)
-                if policy is InitiatePolicy.AUTO and action.relay is not None:
+                if action.relay is not None:
                     self._relay(action, action.relay)
-                self._spawn(self._ensure_peer(nbma, policy, "nhrp"))
+                self._spawn(self._ensure_peer(nbma, self._policy_for(nbma), "nhrp"))
             return
         self._transmit(action)
 
     def _relay(self, action: Send, nhs: Address) -> None:
-        """We leave the SA to the requester (the tie-break), which cannot initiate before it knows our NBMA
-        address from our reply: hand the reply to the NHS its request came through (the NHS passes it
-        on over its own SA). The held direct copy still goes once the SA is up, should this one be lost.
-        The requester, seeing the reply come from an NHS, initiates at once (``_resolved``)."""
+        """Our reply must wait for the SA to the requester: hand it to the NHS its request came through as
+        well (the NHS passes it on over its own SA), so the requester learns our NBMA address now. If we
+        are the lower address we are initiating that SA, and the requester's route goes in when it is up;
+        if we are the higher one the requester initiates (the tie-break), and could not before it knew our
+        address. The held direct copy still goes once the SA is up, should this one be lost."""
         self.stats.extra["replies_relayed"] = self.stats.extra.get("replies_relayed", 0) + 1
         self._send(Send(nhs, action.data, action.packet_type))
 
@@ -423,16 +424,13 @@ class Agent:
 
     def _responder_policy(self, requester: IPv4Address) -> InitiatePolicy:
         """Who brings up the SA when we answer another spoke's Resolution Request (we only ever send to a
-        spoke to answer one). The requester cannot know our NBMA address before our reply, which waits
-        for the SA, so normally we initiate at once (ONCE: if the SA goes, the peer found the shortcut
-        idle, and nobody re-makes it until traffic asks again).
-
-        Two spokes that resolve each other at once are each the other's responder: both would initiate
-        and build two IKE_SAs. While a resolution of ours is pending the requests may be crossing, so the
-        NBMA tie-break decides: the lower address initiates at once, the higher waits (AUTO: it initiates
-        itself only if no SA arrived within the fallback delay; our pending resolution was maybe for a
-        third spoke)."""
-        if self.engine.resolutions_pending and int(self.config.nbma) > int(requester):
+        spoke to answer one). One rule between spokes, so two that resolve each other at once build one
+        IKE_SA: the lower NBMA address initiates as soon as it knows the other's, the higher waits (AUTO:
+        it initiates itself only if no SA arrived within the fallback delay). As the lower end we initiate
+        at once (ONCE: if the SA goes, the peer found the shortcut idle, and nobody re-makes it until
+        traffic asks again); as the higher one we wait, and our reply, relayed through the NHS, is how the
+        requester learns our address (``_relay``)."""
+        if int(self.config.nbma) > int(requester):
             return InitiatePolicy.AUTO
         return InitiatePolicy.ONCE
 
@@ -491,11 +489,12 @@ class Agent:
 
     @staticmethod
     def _shortcut_policy(done: ResolutionDone) -> InitiatePolicy:
-        """A reply straight from the responder came over an SA it brought up, so normally it is up here too
-        and AUTO only covers a lost event. A reply that came through an NHS means nobody is bringing the SA
-        up: an NHS answered for a spoke that never saw our request, or the responder relayed it and waits
-        for us (the tie-break in ``_responder_policy``), so we initiate at once."""
-        return InitiatePolicy.ONCE if done.relayed else InitiatePolicy.AUTO
+        """An NHS that answered for the destination itself means the destination never saw our request and
+        nobody else brings the SA up, so we initiate at once (our hub answers only a requester with the
+        lower address, which initiates anyway: ``NhsAnswers.LOWER_REQUESTER``). The responder's own reply
+        (direct over its SA, or relayed through the NHS while it waits) follows the tie-break of
+        ``_responder_policy``: AUTO, the lower address initiates at once, the higher waits for it."""
+        return InitiatePolicy.ONCE if done.nhs_answer else InitiatePolicy.AUTO
 
     # --- IPsec -------------------------------------------------------------------------------------
 
@@ -760,11 +759,16 @@ class Agent:
         for route in sorted(before.routes - after.routes):
             self.event("route-removed", f"{route.prefix}")
 
+    @property
+    def idle_check_period(self) -> float:
+        """How often idle shortcuts are looked for and busy ones renewed: several times per idle timeout and
+        per holding time (a binding an NHS answered for may hold for only part of it)."""
+        timeout, hold = float(self.config.shortcut_idle_timeout), float(self.config.hold_time)
+        return max(0.2, min(5.0, timeout / 4, hold / 4))
+
     async def _idle_loop(self) -> None:
-        timeout = float(self.config.shortcut_idle_timeout)
-        period = max(0.2, min(5.0, timeout / 4))
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(self.idle_check_period)
             self.expire_idle_shortcuts()
             self.renew_busy_shortcuts()
 
@@ -773,7 +777,9 @@ class Agent:
         reply refreshes the binding in place, so a busy path never falls back to the hub, nor loses its
         SA, at the end of the responder's holding time (IOS and FRR renew the same way)."""
         now = self.clock()
-        ahead = renew_ahead(self.config.hold_time)
+        # At least two check periods ahead, so no busy shortcut can expire between two checks: one an NHS
+        # answered for lives only as long as the registration it came from has left.
+        ahead = max(renew_ahead(self.config.hold_time), 2 * self.idle_check_period)
         timeout = float(self.config.shortcut_idle_timeout)
         by_next_hop: dict[Address, list[Address]] = {}
         for entry in self.engine.cache:
@@ -927,4 +933,11 @@ def engine_config(config: NodeConfig) -> EngineConfig:
         auth_secret=config.auth_secret,
         shortcuts=config.phase != 1,
         redirect=config.phase == 3,
+        # Phase 3: our hub answers our spokes' requests from their registrations, so a shortcut forms a hop
+        # and a node sooner (the destination resolves the way back on its own Traffic Indication anyway).
+        # With IPsec only for the lower requester, so the lower end of every shortcut learns the other's
+        # address first and initiates the SA at once (see _responder_policy). Phase 2 asks the destination
+        # itself: the binding it caches from our request is its neighbour entry for the way back.
+        authoritative_requests=config.phase != 3,
+        nhs_answers=NhsAnswers.LOWER_REQUESTER if config.ipsec.required else NhsAnswers.ALL,
     )

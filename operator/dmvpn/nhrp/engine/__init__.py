@@ -16,7 +16,7 @@ from dmvpn.nhrp.engine.actions import (
     Send,
 )
 from dmvpn.nhrp.engine.client import NHSRegistration
-from dmvpn.nhrp.engine.config import EngineConfig, NHSConfig, StaticMapping
+from dmvpn.nhrp.engine.config import EngineConfig, NhsAnswers, NHSConfig, StaticMapping
 from dmvpn.nhrp.engine.core import Engine
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "NHSConfig",
     "NHSRegistration",
     "NHSStateChanged",
+    "NhsAnswers",
     "ResolutionDone",
     "ResolutionFailed",
     "Send",

@@ -43,8 +43,11 @@ class ResolutionDone:
     destination: Address
     entry: CacheEntry  # the binding covering the destination
     # The reply came from an NHS, not from the responder itself: an NHS answered, or the responder
-    # handed its reply to the NHS because it cannot reach us directly yet (and waits for us to).
+    # handed its reply to the NHS because it cannot reach us directly yet.
     relayed: bool = False
+    # An NHS answered itself (a non-authoritative reply from a registration it holds): the destination
+    # never saw our request, so it knows nothing of us.
+    nhs_answer: bool = False
 
 
 @dataclass(frozen=True, slots=True)

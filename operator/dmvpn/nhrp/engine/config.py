@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from dmvpn.nhrp.cache import Network
@@ -23,6 +24,19 @@ class StaticMapping:
     next_hop: Address | None = None  # defaults to the prefix's own address for host prefixes
 
 
+class NhsAnswers(enum.Enum):
+    """Which Resolution Requests without the A bit an NHS answers itself from a registration it holds
+    (RFC 2332: the NHS serving the destination may reply for its client). The rest go on to the registrant,
+    which answers authoritatively."""
+
+    ALL = "all"
+    """Every one: the requester learns the binding one hop and one node sooner."""
+    LOWER_REQUESTER = "lower-requester"
+    """Only a requester whose NBMA address is lower than the registrant's; a higher one's request goes on to
+    the registrant. With IPsec between spokes the lower address initiates the SA (tie-break), and this way it
+    is the lower end that learns the other's address first: from our answer, or from the forwarded request."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineConfig:
     protocol_address: Address  # our tunnel (overlay) address
@@ -38,6 +52,10 @@ class EngineConfig:
     unique: bool = True  # set the unique bit in our registrations
     shortcuts: bool = True  # resolve destinations named by Traffic Indications
     redirect: bool = True  # (server) send Traffic Indications for hairpinned traffic
+    # (client) set the A bit in our Resolution Requests: only the registrant itself may answer. Without it an
+    # NHS that holds the registration may answer in its place (``nhs_answers``).
+    authoritative_requests: bool = True
+    nhs_answers: NhsAnswers = NhsAnswers.ALL  # (server) see NhsAnswers
     hop_count: int = DEFAULT_HOP_COUNT
     min_prefix_length: int = 8  # never register or install anything broader than this
     registration_backoff: tuple[float, float] = (1.0, 64.0)  # first retry, cap (doubling)

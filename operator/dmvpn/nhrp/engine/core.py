@@ -142,11 +142,6 @@ class Engine:
         ]
         return min((deadline for deadline in deadlines if deadline is not None), default=None)
 
-    @property
-    def resolutions_pending(self) -> int:
-        """Resolution Requests of ours still waiting for their reply (renewals included)."""
-        return len(self._resolver.pending)
-
     def resolving(self, destination: Address) -> bool:
         """Whether a Resolution Request of ours for ``destination`` is waiting for its reply."""
         return self._resolver.is_pending(destination)

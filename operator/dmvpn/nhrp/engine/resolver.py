@@ -104,7 +104,9 @@ class Resolver:
 
     def _request(self, pending: PendingResolution) -> Message:
         config = self.ctx.config
-        flags = ResolutionFlag.Q | ResolutionFlag.A | ResolutionFlag.S
+        flags = ResolutionFlag.Q | ResolutionFlag.S
+        if config.authoritative_requests:
+            flags |= ResolutionFlag.A
         extensions: tuple[ResponderAddress | ForwardTransitNHS | ReverseTransitNHS | NATAddress, ...] = (
             ResponderAddress(),
             ForwardTransitNHS(),
@@ -198,7 +200,9 @@ class Resolver:
             ctx.cache_put(replace(entry, prefix=host_network(next_hop)))
         if ctx.cache_put(entry):
             ctx.counters.events["shortcut_installed"] += 1
-            ctx.out.append(ResolutionDone(destination, entry, relayed=ctx.is_nhs(nbma)))
+            from_nhs = ctx.is_nhs(nbma)
+            nhs_answer = from_nhs and not reply.flags & ResolutionFlag.A
+            ctx.out.append(ResolutionDone(destination, entry, relayed=from_nhs, nhs_answer=nhs_answer))
         else:
             ctx.out.append(ResolutionFailed(destination, "refused-by-cache"))
 

@@ -26,6 +26,7 @@ from dmvpn.nhrp.codec import (
 )
 from dmvpn.nhrp.counters import DropReason
 from dmvpn.nhrp.engine.client import Registrar
+from dmvpn.nhrp.engine.config import NhsAnswers
 from dmvpn.nhrp.engine.context import Context
 from dmvpn.nhrp.engine.ratelimit import RateLimiter
 from dmvpn.nhrp.engine.responder import has_loop
@@ -155,7 +156,7 @@ class Server:
             ctx.send_error(nbma, ErrorCode.LOOP_DETECTED, offset=0, quoted=raw, about=request.src_protocol, now=now)
             return
         entry = ctx.cache.lookup(destination, now, types=FORWARDABLE)
-        if entry is not None and entry.type == EntryType.DYNAMIC and not request.flags & ResolutionFlag.A:
+        if entry is not None and self._answers_itself(request, entry, nbma):
             self._answer_from_cache(request, entry, nbma, now)
             return
         target = entry.nbma if entry is not None else None
@@ -178,6 +179,14 @@ class Server:
         forwarded = replace(request, hop_count=request.hop_count - 1, extensions=self._forward_extensions(request, now))
         ctx.counters.events["resolution_forwarded"] += 1
         ctx.send(target, forwarded)
+
+    def _answers_itself(self, request: Message, entry: CacheEntry, nbma: Address) -> bool:
+        """Answer from the registration instead of forwarding (a requester that did not insist on A)."""
+        if entry.type != EntryType.DYNAMIC or entry.nbma is None or request.flags & ResolutionFlag.A:
+            return False
+        if self.ctx.config.nhs_answers is NhsAnswers.ALL:
+            return True
+        return int(self._requester_nbma(request, nbma)) < int(entry.nbma)
 
     def _forward_extensions(self, request: Message, now: float) -> tuple[Extension, ...]:
         """Copy the extensions, adding ourselves to the forward transit record and, for a requester
