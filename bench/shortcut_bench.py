@@ -14,8 +14,11 @@ host hit all alike):
 Shortcut time = send time of the first echo request that did not cross the hub (a counting iptables rule
 in the hub's FORWARD chain says how many did: requests leave in order and the path switches once) minus the
 send time of the first request (``ping -D``: reply stamp minus RTT). Also shown: the first ping whose round
-trip was direct both ways (RTT < 3 x delay), pings lost, and our agents' events (``show events``). Lower
-bounds from the delays (one hop = one site's egress delay = 10 ms):
+trip was direct both ways (RTT < 3 x delay), pings lost, and our agents' events (``show events``). The pings
+go from spoke1 (192.0.2.11) to spoke2 (.12); ``--from-higher`` sends them the other way (with IPsec the
+lower NBMA address initiates the spoke-to-spoke SA, so the two directions take different paths). Lower
+bounds from the delays (one hop = one site's egress delay = 10 ms), for a Resolution Request that the
+destination answers (FRR, and an NHS that passes requests on):
 
 - forward, plain: pod->hub 1, Traffic Indication hub->spoke 1, Resolution Request spoke->hub->spoke 2,
   Reply spoke->spoke 1: 5 hops. GRE+ESP: the responder cannot send its Reply before the spoke-to-spoke SA
@@ -24,6 +27,10 @@ bounds from the delays (one hop = one site's egress delay = 10 ms):
   request reached the far spoke at 2 hops), a Traffic Indication (1), a Request via the hub (2) and a Reply
   (1): ready at 7 hops, so a request sent at 6 hops is the first direct both ways. GRE+ESP: the reverse
   Reply also waits for the SA (up at 8 hops at the far spoke), so the forward bound (9) dominates.
+
+Our hub answers a Phase 3 request itself from the destination's registration (docs/agent.md), one hop less
+each way (plain 4 and 5 hops; with IPsec the lower address learns the other's at 4 hops and initiates, the
+SA is up 4 hops later: 8). The bounds printed are those of the destination answering, the same for both.
 
     .venv/bin/python -m dmvpn.lab.guest $PWD/.venv/bin/python bench/shortcut_bench.py [--rounds 3]
 """
@@ -153,7 +160,12 @@ def timeline(agents: AgentLab, t0: float) -> str:
     return "\n".join(f"      {at:+8.1f} ms  {text}" for at, text in sorted(rows))
 
 
-def run_ours(ipsec: bool, index: int) -> Round:
+def ends(spoke1: Site, spoke2: Site, from_higher: bool) -> tuple[Site, Site]:
+    """(source, destination) of the pings: from spoke1 (the lower NBMA address) unless ``from_higher``."""
+    return (spoke2, spoke1) if from_higher else (spoke1, spoke2)
+
+
+def run_ours(ipsec: bool, index: int, from_higher: bool = False) -> Round:
     result = Round("ours", ipsec)
     started = time.monotonic()
     with Lab(prefix=f"sc{os.getpid() % 1000}o{index}") as lab:
@@ -163,7 +175,7 @@ def run_ours(ipsec: bool, index: int) -> Round:
         agents.wait_registered(timeout_s=120)
         time.sleep(1.0)
         result.setup_s = time.monotonic() - started
-        t0 = measure(lab, hub, "dmvpn0", spoke1, spoke2, result)
+        t0 = measure(lab, hub, "dmvpn0", *ends(spoke1, spoke2, from_higher), result)
         result.timeline = timeline(agents, t0)
     return result
 
@@ -229,7 +241,7 @@ def ipsec_report(lab: Lab, sites: list[Site]) -> str:
     return "\n".join(f"      {line}" for line in lines)
 
 
-def run_frr(ipsec: bool, index: int, unique: str | None = None) -> Round:
+def run_frr(ipsec: bool, index: int, unique: str | None = None, from_higher: bool = False) -> Round:
     result = Round("frr", ipsec)
     started = time.monotonic()
     with Lab(prefix=f"sc{os.getpid() % 1000}f{index}") as lab:
@@ -237,7 +249,7 @@ def run_frr(ipsec: bool, index: int, unique: str | None = None) -> Round:
         wait_frr_registered(hub, hub_vty, [spoke1, spoke2])
         time.sleep(1.0)
         result.setup_s = time.monotonic() - started
-        measure(lab, hub, "gre1", spoke1, spoke2, result)
+        measure(lab, hub, "gre1", *ends(spoke1, spoke2, from_higher), result)
         if ipsec and result.lost:
             result.timeline = ipsec_report(lab, [spoke1, spoke2])
     return result
@@ -267,6 +279,7 @@ def main() -> int:
     parser.add_argument("--frr-unique", default=None, help="swanctl 'unique' of the FRR sites' trap connection")
     parser.add_argument("--timeline", action="store_true", help="print our agents' events for every round")
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="no new round after this many seconds")
+    parser.add_argument("--from-higher", action="store_true", help="ping from spoke2 (the higher NBMA) to spoke1")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 5:
         parser.error("--rounds 1-5")
@@ -274,7 +287,8 @@ def main() -> int:
     variants = [(impl, ipsec) for ipsec in (False, True) for impl in ("ours", "frr")
                 if args.only in (None, impl, kinds[ipsec], f"{impl}-{kinds[ipsec]}")]  # fmt: skip
     print(f"== shortcut time: pod-to-pod across two spokes, {DELAY_MS:.0f} ms one-way underlay per site, "
-          f"pings every {INTERVAL_S * 1000:.0f} ms, {args.rounds} rounds x {len(variants)} variants ==",
+          f"pings every {INTERVAL_S * 1000:.0f} ms, {args.rounds} rounds x {len(variants)} variants, "
+          f"from {'spoke2 (higher NBMA)' if args.from_higher else 'spoke1 (lower NBMA)'} ==",
           flush=True)  # fmt: skip
     results: list[Round] = []
     if "ours" in {impl for impl, _ in variants}:
@@ -291,7 +305,10 @@ def main() -> int:
         done += 1
         for impl, ipsec in variants:
             try:
-                result = run_ours(ipsec, index) if impl == "ours" else run_frr(ipsec, index, args.frr_unique)
+                if impl == "ours":
+                    result = run_ours(ipsec, index, args.from_higher)
+                else:
+                    result = run_frr(ipsec, index, args.frr_unique, args.from_higher)
             except (LabError, OSError, subprocess.SubprocessError, ValueError) as error:
                 result = Round(impl, ipsec, error=str(error)[-1500:])
             results.append(result)

@@ -111,9 +111,10 @@ class InitiatePolicy(enum.Enum):
     ALWAYS = "always"
     """Spoke to hub: initiate now, and again whenever the SA goes down while the peer is ensured."""
     ONCE = "once"
-    """Spoke to spoke, the end that learns both addresses first (the responder of a Resolution Request):
-    initiate now, but never bring the SA back once it goes down. A shortcut's SA lives for its traffic;
-    a peer that removed it as idle must not see it re-made (new traffic resolves, and asks, again)."""
+    """Spoke to spoke, the end that knows both addresses while the other cannot know it is wanted (the lower
+    end, told by the hub or by the other's Resolution Request): initiate now, but never bring the SA back
+    once it goes down. A shortcut's SA lives for its traffic; a peer that removed it as idle must not see it
+    re-made (new traffic resolves, and asks, again)."""
     NEVER = "never"
     """Only accept the peer's SA (the per-peer connection is loaded, nothing is initiated)."""
 
