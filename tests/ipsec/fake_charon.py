@@ -43,6 +43,7 @@ class FakeCharon:
         self.registrations: Counter[str] = Counter()  # event registrations received, by event
         self.initiate_delay_s = 0.0
         self.load_conn_delay_s = 0.0  # how long a load-conn takes to answer (a busy charon)
+        self.list_sas_delay_s = 0.0  # how long a list-sas takes to answer
         self.timeline: list[tuple[str, str]] = []  # ("start" | "end", command), in the order they happened
         self._next_id = 1
         self._subscribers: dict[asyncio.StreamWriter, set[str]] = {}
@@ -223,6 +224,8 @@ class FakeCharon:
         return {"success": "yes"}
 
     async def cmd_list_sas(self, writer: asyncio.StreamWriter, _m: dict[str, Any]) -> dict[str, Any]:
+        if self.list_sas_delay_s:
+            await asyncio.sleep(self.list_sas_delay_s)
         if "list-sa" in self._subscribers.get(writer, set()):
             for uid, sa in self.sas.items():
                 writer.write(_event("list-sa", {sa["conn"]: self._ike_section(uid)}))

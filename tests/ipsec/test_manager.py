@@ -157,6 +157,21 @@ async def test_the_sas_are_read_while_the_connection_loads(charon: FakeCharon, s
         assert ipsec.initiations == 1
 
 
+async def test_once_initiates_right_after_the_load_without_reading_the_sas(
+    charon: FakeCharon, socket_path: Path
+) -> None:
+    """ONCE: the peer cannot know we want an SA (it never saw our request, or it waits for us under the
+    tie-break), so nothing of its can be under way: initiate as soon as the connection is loaded, without
+    waiting for charon's SA list (on a loaded node the slower of the two answers)."""
+    async with manager(socket_path) as ipsec:
+        charon.timeline.clear()
+        charon.list_sas_delay_s = 0.3
+        assert await ipsec.ensure_peer(LOW, InitiatePolicy.ONCE) is PeerAction.INITIATED
+        assert ("start", "list-sas") not in charon.timeline, charon.timeline
+        assert charon.timeline.index(("start", "initiate")) > charon.timeline.index(("end", "load-conn"))
+        assert ipsec.initiations == 1
+
+
 async def test_higher_address_waits_for_the_peer(charon: FakeCharon, socket_path: Path) -> None:
     async with manager(socket_path, fallback_s=0.3) as ipsec:
         stream = ipsec.events()

@@ -516,9 +516,12 @@ class IpsecManager:
         initiating = we_initiate(self.profile.local_nbma, nbma, policy)
         earlier_claim = self._initiated_at.get(nbma)
         claimed = initiating and not self._table.up(nbma) and self._claim_initiation(nbma)
-        # The SAs are read (on their own session) while the connection loads: `initiate` then waits for
-        # one round trip to charon instead of two.
-        alive = asyncio.ensure_future(self._in_progress(nbma)) if claimed else None
+        # Is an IKE_SA to the peer already under way (the peer's, or ours from before a restart)? The SAs are
+        # read (on their own session) while the connection loads: `initiate` then waits for one round trip
+        # to charon instead of two. ONCE needs no read: the peer cannot know we want an SA (see
+        # InitiatePolicy.ONCE), and on a loaded node the list was the slower of the two answers.
+        ask = claimed and policy is not InitiatePolicy.ONCE
+        alive = asyncio.ensure_future(self._in_progress(nbma)) if ask else None
         try:
             await self.apply(verify=False)
             in_progress = await alive if alive is not None else False
