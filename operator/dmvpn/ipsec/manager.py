@@ -518,8 +518,10 @@ class IpsecManager:
         claimed = initiating and not self._table.up(nbma) and self._claim_initiation(nbma)
         # Is an IKE_SA to the peer already under way (the peer's, or ours from before a restart)? The SAs are
         # read (on their own session) while the connection loads: `initiate` then waits for one round trip
-        # to charon instead of two. ONCE needs no read: the peer cannot know we want an SA (see
-        # InitiatePolicy.ONCE), and on a loaded node the list was the slower of the two answers.
+        # to charon instead of two. ONCE skips the read: the peer cannot know we want an SA (see
+        # InitiatePolicy.ONCE), and on a loaded node the list was the slower of the two answers. What it
+        # gives up: an IKE_SA of ours still being set up when the agent restarted is not seen, and a
+        # second one may be made beside it (both carry the path; remove_peer ends every SA to the peer).
         ask = claimed and policy is not InitiatePolicy.ONCE
         alive = asyncio.ensure_future(self._in_progress(nbma)) if ask else None
         try:

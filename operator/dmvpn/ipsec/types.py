@@ -115,7 +115,8 @@ class InitiatePolicy(enum.Enum):
     end, told by the hub or by the other's Resolution Request): initiate now, but never bring the SA back
     once it goes down. A shortcut's SA lives for its traffic; a peer that removed it as idle must not see it
     re-made (new traffic resolves, and asks, again). Nothing of the peer's can be under way, so
-    charon's SA list is not read first (our own concurrent asks share one initiation claim)."""
+    charon's SA list is not read first; our own concurrent asks share one initiation claim, which an
+    agent restart in the middle of an IKE exchange loses."""
     NEVER = "never"
     """Only accept the peer's SA (the per-peer connection is loaded, nothing is initiated)."""
 
