@@ -23,6 +23,7 @@ from dmvpn.nhrp.codec import (
     ErrorIndication,
     ExtensionType,
     ForwardTransitNHS,
+    IndicationAnswer,
     Message,
     NATAddress,
     NHRPDecodeError,
@@ -66,6 +67,7 @@ def extensions(cie: st.SearchStrategy[CIE]) -> st.SearchStrategy[object]:
         st.builds(ForwardTransitNHS, cies=cie_list, compulsory=st.booleans()),
         st.builds(ReverseTransitNHS, cies=cie_list, compulsory=st.booleans()),
         st.builds(NATAddress, cies=cie_list.filter(lambda c: len(c) > 0) | st.just(()), compulsory=st.booleans()),
+        st.builds(IndicationAnswer, cies=cie_list, compulsory=st.booleans()),
         st.builds(
             Authentication,
             spi=st.integers(0, 0xFFFFFFFF),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_network
 
 import pytest
 
@@ -17,6 +17,7 @@ from dmvpn.nhrp.codec import (
     ErrorCode,
     ErrorIndication,
     ForwardTransitNHS,
+    IndicationAnswer,
     Message,
     NATAddress,
     Packet,
@@ -568,6 +569,119 @@ def test_spoke_holds_down_repeated_indications_for_a_destination(net: SimNet) ->
         net.run()
     assert a.counters.drops[DropReason.RATE_LIMITED] == 2
     assert a.counters.events["traffic_indication_acted_on"] == 1
+
+
+def answering_hub_and_two_spokes(net: SimNet, **hub_overrides: object) -> tuple[Engine, Engine, Engine]:
+    """Our Phase 3 hub (answers in its indications) and two spokes that accept an NHS's answers."""
+    hub = net.add(hub_config(indication_answers=True, **hub_overrides))
+    a = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, site_prefixes=(SITE_A,), authoritative_requests=False))
+    b = net.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, site_prefixes=(SITE_B,), authoritative_requests=False))
+    net.start()
+    return hub, a, b
+
+
+def indication_with_answer(answer: CIE, destination: str = "10.20.0.5") -> TrafficIndication:
+    return TrafficIndication(
+        hop_count=1,
+        src_nbma=HUB_NBMA,
+        src_protocol=HUB,
+        dst_protocol=A("10.10.0.5"),
+        original_packet=ip_packet("10.10.0.5", destination),
+        extensions=(IndicationAnswer(cies=(answer,)),),
+    )
+
+
+B_ANSWER = CIE(prefix_length=16, holding_time=600, client_nbma=SPOKE_B_NBMA, client_protocol=SPOKE_B)
+
+
+def test_an_indication_carries_the_hubs_answer_and_the_spoke_asks_nobody(net: SimNet) -> None:
+    """The hub puts the destination's registration in its Traffic Indication: the source installs the shortcut
+    on the indication, a round trip to the hub sooner; no Resolution Request leaves, the destination sees
+    nothing, and the hub remembers the spoke for purges as it would after answering its request."""
+    hub, a, b = answering_hub_and_two_spokes(net)
+    net.call(hub, hub.hairpin, ip_packet("10.10.0.5", "10.20.0.5"))
+    (indication,) = net.sent(PacketType.TRAFFIC_INDICATION)
+    carried = find_extension(indication.packet, IndicationAnswer)
+    assert carried is not None and not carried.compulsory
+    assert [(c.client_nbma, c.client_protocol, c.prefix_length) for c in carried.cies] == [(SPOKE_B_NBMA, SPOKE_B, 16)]
+    assert not net.sent(PacketType.RESOLUTION_REQUEST)
+    shortcut = a.cache.get(SITE_B)
+    assert shortcut is not None and shortcut.type == EntryType.SHORTCUT
+    assert (shortcut.nbma, shortcut.next_hop) == (SPOKE_B_NBMA, SPOKE_B)
+    assert a.cache.get(ip_network(SPOKE_B)) is not None, "the next hop has its own binding"
+    (done,) = net.of(SPOKE_A_NBMA, ResolutionDone)
+    assert isinstance(done, ResolutionDone) and done.nhs_answer and done.indication_from == HUB_NBMA
+    assert b.cache.get(ip_network(SPOKE_A)) is None
+    assert hub.counters.events["indication_answered"] == 1 and a.counters.events["indication_answer_taken"] == 1
+    assert hub._server is not None and SPOKE_A in hub._server.interested[SITE_B]
+
+
+def test_a_hub_answering_lower_requesters_only_answers_in_the_lower_ones_indication(net: SimNet) -> None:
+    """With IPsec (NhsAnswers.LOWER_REQUESTER) only the lower NBMA address learns from the indication; the
+    higher one asks, and its request goes on to the lower, as for a request without the indication."""
+    from dmvpn.nhrp.engine import NhsAnswers
+
+    hub, _, _ = answering_hub_and_two_spokes(net, nhs_answers=NhsAnswers.LOWER_REQUESTER)
+    net.call(hub, hub.hairpin, ip_packet("10.20.0.5", "10.10.0.5"))  # to B, the higher: no answer in it
+    (to_b,) = net.sent(PacketType.TRAFFIC_INDICATION, dst=SPOKE_B_NBMA)
+    assert find_extension(to_b.packet, IndicationAnswer) is None
+    assert net.sent(PacketType.RESOLUTION_REQUEST, src=HUB_NBMA, dst=SPOKE_A_NBMA), "forwarded to A"
+    net.call(hub, hub.hairpin, ip_packet("10.10.0.6", "10.20.0.6"))  # to A, the lower: answered
+    (to_a,) = net.sent(PacketType.TRAFFIC_INDICATION, dst=SPOKE_A_NBMA)
+    assert find_extension(to_a.packet, IndicationAnswer) is not None
+    assert not net.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)
+
+
+def test_the_hubs_answer_is_ignored_without_the_switch_or_from_a_stranger(net: SimNet) -> None:
+    """An answer in an indication counts only from an NHS we are registered with, and only for a spoke that
+    accepts an NHS's answers; otherwise the spoke resolves as the RFC says (the answer is not a binding)."""
+    hub = net.add(hub_config(indication_answers=True))
+    a = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, site_prefixes=(SITE_A,)))  # insists on A
+    net.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, site_prefixes=(SITE_B,)))
+    net.start()
+    net.call(hub, hub.hairpin, ip_packet("10.10.0.5", "10.20.0.5"))
+    assert net.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA), "it asked"
+    assert a.counters.events["indication_answer_taken"] == 0
+
+    c = net.add(spoke_config(SPOKE_C, SPOKE_C_NBMA, authoritative_requests=False))
+    net.start()
+    stranger = A("203.0.113.99")
+    actions = c.receive(encode(indication_with_answer(B_ANSWER)), stranger, net.now)
+    assert c.cache.get(SITE_B) is None and c.counters.events["indication_answer_taken"] == 0
+    assert [s.nbma for s in actions if isinstance(s, Send)] == [HUB_NBMA], "it asked its NHS instead"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        replace(B_ANSWER, client_protocol=IPv6Address("2001:db8::20")),  # a next hop of the wrong family
+        replace(B_ANSWER, client_nbma=SPOKE_C_NBMA),  # our own NBMA address
+        replace(B_ANSWER, code=CIECode.NO_BINDING_EXISTS),
+        replace(B_ANSWER, client_protocol=None),
+    ],
+)
+def test_an_unusable_answer_in_an_indication_is_counted_and_the_spoke_asks(net: SimNet, answer: CIE) -> None:
+    net.add(hub_config())
+    c = net.add(spoke_config(SPOKE_C, SPOKE_C_NBMA, authoritative_requests=False))
+    net.start()
+    actions = c.receive(encode(indication_with_answer(answer)), HUB_NBMA, net.now)
+    assert c.counters.drops[DropReason.BAD_TRAFFIC_INDICATION] == 1
+    assert c.cache.get(SITE_B) is None
+    (request,) = [s for s in actions if isinstance(s, Send)]
+    assert request.packet_type == PacketType.RESOLUTION_REQUEST
+
+
+def test_a_spoke_that_took_the_hubs_answer_is_purged_when_the_registration_goes(net: SimNet) -> None:
+    hub = net.add(hub_config(indication_answers=True))
+    a = net.add(spoke_config(SPOKE_A, SPOKE_A_NBMA, site_prefixes=(SITE_A,), authoritative_requests=False))
+    net.add(spoke_config(SPOKE_B, SPOKE_B_NBMA, site_prefixes=(SITE_B,), holding_time=600))
+    net.start()
+    net.call(hub, hub.hairpin, ip_packet("10.10.0.5", "10.20.0.5"))
+    assert a.cache.get(SITE_B) is not None
+    net.cut.add(SPOKE_B_NBMA)
+    net.advance(601)
+    assert net.sent(PacketType.PURGE_REQUEST, src=HUB_NBMA, dst=SPOKE_A_NBMA)
+    assert a.cache.get(SITE_B) is None
 
 
 def test_hairpin_for_an_unknown_source_is_dropped(net: SimNet) -> None:

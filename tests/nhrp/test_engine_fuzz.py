@@ -13,6 +13,7 @@ from dmvpn.nhrp.codec import (
     CIE,
     Authentication,
     ForwardTransitNHS,
+    IndicationAnswer,
     Message,
     NATAddress,
     Packet,
@@ -105,6 +106,7 @@ extension = st.one_of(
     st.builds(ForwardTransitNHS, cies=cies),
     st.builds(ReverseTransitNHS, cies=cies),
     st.builds(NATAddress, cies=cies),
+    st.builds(IndicationAnswer, cies=cies),
     st.builds(Authentication, data=st.binary(max_size=9)),
 )
 

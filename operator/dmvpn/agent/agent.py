@@ -477,6 +477,12 @@ class Agent:
         started = self._resolving_since.pop(done.destination, None)
         if started is not None:
             self.observer.resolution_latency(self.clock() - started)
+        if done.indication_from is not None:  # no request, so _note_indication starts no clock: say it here
+            self.observer.resolution_latency(0.0)
+            self.event(
+                "traffic-indication",
+                f"from {done.indication_from}: traffic to {done.destination} went via the hub, which sent its answer",
+            )
         if entry.type != EntryType.SHORTCUT:
             return
         self.stats.shortcuts_created += 1
@@ -940,4 +946,8 @@ def engine_config(config: NodeConfig) -> EngineConfig:
         # itself: the binding it caches from our request is its neighbour entry for the way back.
         authoritative_requests=config.phase != 3,
         nhs_answers=NhsAnswers.LOWER_REQUESTER if config.ipsec.required else NhsAnswers.ALL,
+        # ... and puts that answer in its Traffic Indication already, to the same spokes: the shortcut (or
+        # with IPsec, the initiation) starts when the indication arrives, a round trip to the hub sooner.
+        # Spokes that do not know the extension (FRR, IOS) ignore it and ask as usual.
+        indication_answers=config.phase == 3,
     )

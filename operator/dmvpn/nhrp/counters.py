@@ -22,7 +22,7 @@ class DropReason(StrEnum):
     LOOP_DETECTED = "loop_detected"
     RATE_LIMITED = "rate_limited"  # a Traffic Indication we did not send or act upon
     ERROR_RATE_LIMITED = "error_rate_limited"  # an Error Indication we did not send
-    BAD_TRAFFIC_INDICATION = "bad_traffic_indication"  # no IP header in it
+    BAD_TRAFFIC_INDICATION = "bad_traffic_indication"  # no IP header in it, or an unusable answer in it
     SHORTCUTS_DISABLED = "shortcuts_disabled"
     CACHE_FULL = "cache_full"
 

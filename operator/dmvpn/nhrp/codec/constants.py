@@ -53,6 +53,9 @@ class ExtensionType(IntEnum):
     AUTHENTICATION = 7
     VENDOR_PRIVATE = 8
     NAT_ADDRESS = 9  # Cisco; the payload is a CIE list (as FRR nhrpd uses it)
+    # Ours, from RFC 2332's experimental range (0x3800-0x3FFF, local significance): a Traffic Indication
+    # from our hub that carries the hub's answer for the indicated destination (docs/nhrp.md).
+    INDICATION_ANSWER = 0x3800
 
 
 class ErrorCode(IntEnum):

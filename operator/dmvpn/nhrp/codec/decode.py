@@ -35,6 +35,7 @@ from dmvpn.nhrp.codec.model import (
     ErrorIndication,
     Extension,
     ForwardTransitNHS,
+    IndicationAnswer,
     Message,
     NATAddress,
     Packet,
@@ -54,6 +55,7 @@ _CIE_LIST_EXTENSIONS: dict[int, type[CIEListExtension]] = {
     ExtensionType.FORWARD_TRANSIT_NHS: ForwardTransitNHS,
     ExtensionType.REVERSE_TRANSIT_NHS: ReverseTransitNHS,
     ExtensionType.NAT_ADDRESS: NATAddress,
+    ExtensionType.INDICATION_ANSWER: IndicationAnswer,
 }
 _OFFSET_PACKET_SIZE = 10
 _OFFSET_CHECKSUM = 12

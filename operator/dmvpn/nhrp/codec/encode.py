@@ -21,6 +21,7 @@ from dmvpn.nhrp.codec.model import (
     ErrorIndication,
     Extension,
     ForwardTransitNHS,
+    IndicationAnswer,
     Message,
     NATAddress,
     Packet,
@@ -141,7 +142,7 @@ def _extension_type(extension: Extension) -> int:
 
 
 def _extension_body(extension: Extension) -> bytes:
-    if isinstance(extension, ResponderAddress | ForwardTransitNHS | ReverseTransitNHS | NATAddress):
+    if isinstance(extension, ResponderAddress | ForwardTransitNHS | ReverseTransitNHS | NATAddress | IndicationAnswer):
         return b"".join(encode_cie(cie) for cie in extension.cies)
     if isinstance(extension, Authentication):
         return struct.pack("!I", extension.spi) + extension.data

@@ -67,6 +67,16 @@ class NATAddress(_CIEListExtension):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class IndicationAnswer(_CIEListExtension):
+    """Ours (experimental type): in a Traffic Indication, the NHS's answer for the indicated destination,
+    one CIE as in a Resolution Reply answered from a registration. Non-compulsory, so an NHC that does not
+    know it ignores it and resolves as usual."""
+
+    TYPE: ClassVar[ExtensionType] = ExtensionType.INDICATION_ANSWER
+    compulsory: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Authentication:
     """Authentication extension, Cisco form: 32-bit type (1 = cleartext) then the secret."""
 
@@ -95,7 +105,7 @@ class UnknownExtension:
     compulsory: bool = False
 
 
-CIEListExtension = ResponderAddress | ForwardTransitNHS | ReverseTransitNHS | NATAddress
+CIEListExtension = ResponderAddress | ForwardTransitNHS | ReverseTransitNHS | NATAddress | IndicationAnswer
 Extension = CIEListExtension | Authentication | VendorPrivate | UnknownExtension
 
 
@@ -161,6 +171,7 @@ _E = TypeVar(
     ForwardTransitNHS,
     ReverseTransitNHS,
     NATAddress,
+    IndicationAnswer,
     Authentication,
     VendorPrivate,
 )

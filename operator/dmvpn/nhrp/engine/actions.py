@@ -48,6 +48,8 @@ class ResolutionDone:
     # An NHS answered itself (a non-authoritative reply from a registration it holds): the destination
     # never saw our request, so it knows nothing of us.
     nhs_answer: bool = False
+    # The NHS whose Traffic Indication carried the answer (IndicationAnswer): no request was sent.
+    indication_from: Address | None = None
 
 
 @dataclass(frozen=True, slots=True)

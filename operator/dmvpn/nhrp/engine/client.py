@@ -200,6 +200,10 @@ class Registrar:
     def first_up(self) -> NHSRegistration | None:
         return next((r for r in self.nhs if r.up), None)
 
+    def is_up(self, nbma: Address) -> bool:
+        """Are we registered with the NHS at ``nbma`` (and is it answering)?"""
+        return any(r.nbma == nbma and r.up for r in self.nhs)
+
     def withdraw(self) -> None:
         """Ask every NHS we are registered with to forget us (Purge Request, no reply wanted)."""
         config = self.ctx.config

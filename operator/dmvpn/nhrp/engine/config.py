@@ -56,6 +56,10 @@ class EngineConfig:
     # NHS that holds the registration may answer in its place (``nhs_answers``).
     authoritative_requests: bool = True
     nhs_answers: NhsAnswers = NhsAnswers.ALL  # (server) see NhsAnswers
+    # (server) a Traffic Indication carries our answer for its destination (IndicationAnswer), to the
+    # requesters ``nhs_answers`` would answer; an NHC without ``authoritative_requests`` then installs the
+    # shortcut from the indication instead of asking: a round trip to the NHS sooner.
+    indication_answers: bool = False
     hop_count: int = DEFAULT_HOP_COUNT
     min_prefix_length: int = 8  # never register or install anything broader than this
     registration_backoff: tuple[float, float] = (1.0, 64.0)  # first retry, cap (doubling)

@@ -198,7 +198,7 @@ class Engine:
         if isinstance(packet, ErrorIndication):
             self._on_error_indication(packet, now)
         elif isinstance(packet, TrafficIndication):
-            self._resolver.on_traffic_indication(packet, now)
+            self._resolver.on_traffic_indication(packet, nbma, now)
         elif packet.type == PacketType.RESOLUTION_REQUEST:
             self._on_resolution_request(packet, raw, nbma, now)
         elif packet.type == PacketType.RESOLUTION_REPLY:

@@ -12,6 +12,7 @@ from dmvpn.nhrp.codec import (
     CIECode,
     ErrorIndication,
     ForwardTransitNHS,
+    IndicationAnswer,
     Message,
     NATAddress,
     PacketType,
@@ -19,6 +20,7 @@ from dmvpn.nhrp.codec import (
     ResponderAddress,
     ReverseTransitNHS,
     TrafficIndication,
+    find_extension,
     ip_addresses,
 )
 from dmvpn.nhrp.counters import DropReason
@@ -175,17 +177,31 @@ class Resolver:
             self._fail(pending, now, "nak", code, hold or self.ctx.config.negative_holding_time)
             return
         self._finish(pending)
-        self._install_shortcut(pending.destination, reply, answer, nbma, now)
-
-    def _install_shortcut(self, destination: Address, reply: Message, answer: CIE, nbma: Address, now: float) -> None:
-        ctx = self.ctx
-        next_hop = answer.client_protocol or destination
+        next_hop = answer.client_protocol or pending.destination
         # Where to send: what the NAT extension says, else the responder's own source address when
         # it answered directly from behind NAT, else what it claims.
-        peer_nbma = ctx.nat_binding(reply, next_hop)
-        if peer_nbma is None and not ctx.is_nhs(nbma) and nbma != answer.client_nbma:
+        peer_nbma = self.ctx.nat_binding(reply, next_hop)
+        from_nhs = self.ctx.is_nhs(nbma)
+        if peer_nbma is None and not from_nhs and nbma != answer.client_nbma:
             peer_nbma = nbma
         peer_nbma = peer_nbma or answer.client_nbma or nbma
+        nhs_answer = from_nhs and not reply.flags & ResolutionFlag.A
+        self._install_shortcut(pending.destination, answer, peer_nbma, now, from_nhs=from_nhs, nhs_answer=nhs_answer)
+
+    def _install_shortcut(
+        self,
+        destination: Address,
+        answer: CIE,
+        peer_nbma: Address,
+        now: float,
+        *,
+        from_nhs: bool,
+        nhs_answer: bool,
+        via: Address | None = None,
+    ) -> None:
+        """``via``: the NHS whose Traffic Indication carried ``answer`` (no request was sent)."""
+        ctx = self.ctx
+        next_hop = answer.client_protocol or destination
         entry = CacheEntry(
             prefix=ctx.clamp_prefix(destination, answer.prefix_length),
             type=EntryType.SHORTCUT,
@@ -200,9 +216,8 @@ class Resolver:
             ctx.cache_put(replace(entry, prefix=host_network(next_hop)))
         if ctx.cache_put(entry):
             ctx.counters.events["shortcut_installed"] += 1
-            from_nhs = ctx.is_nhs(nbma)
-            nhs_answer = from_nhs and not reply.flags & ResolutionFlag.A
-            ctx.out.append(ResolutionDone(destination, entry, relayed=from_nhs, nhs_answer=nhs_answer))
+            done = ResolutionDone(destination, entry, relayed=from_nhs, nhs_answer=nhs_answer, indication_from=via)
+            ctx.out.append(done)
         else:
             ctx.out.append(ResolutionFailed(destination, "refused-by-cache"))
 
@@ -228,7 +243,7 @@ class Resolver:
 
     # --- traffic indications ------------------------------------------------------------------
 
-    def on_traffic_indication(self, indication: TrafficIndication, now: float) -> None:
+    def on_traffic_indication(self, indication: TrafficIndication, nbma: Address, now: float) -> None:
         addresses = ip_addresses(indication.original_packet)
         if addresses is None:
             self.ctx.drop(DropReason.BAD_TRAFFIC_INDICATION)
@@ -244,4 +259,42 @@ class Resolver:
             self.ctx.drop(DropReason.RATE_LIMITED)
             return
         self.ctx.counters.events["traffic_indication_acted_on"] += 1
-        self.resolve(destination, now)
+        if not self._take_indication_answer(indication, destination, nbma, now):
+            self.resolve(destination, now)
+
+    def _take_indication_answer(
+        self, indication: TrafficIndication, destination: Address, nbma: Address, now: float
+    ) -> bool:
+        """Install the shortcut from the answer our NHS put in its indication (``IndicationAnswer``), as
+        from its answer to our request: only from an NHS we are registered with, only when we accept
+        an NHS's answers (no A bit), and only a usable one (a success CIE naming another NBMA address and a
+        next hop). False: ask."""
+        ctx = self.ctx
+        carried = find_extension(indication, IndicationAnswer)
+        if carried is None or ctx.config.authoritative_requests or not self.registrar.is_up(nbma):
+            return False
+        if ctx.owned_prefix(destination) is not None or destination in self._by_destination:
+            return False
+        if self._answered_from_cache(destination, now):  # a binding we hold (or a negative one) stands
+            return True
+        answer = carried.cies[0] if len(carried.cies) == 1 else None
+        if not self._usable_indication_answer(answer, destination):
+            ctx.drop(DropReason.BAD_TRAFFIC_INDICATION)
+            return False
+        assert answer is not None and answer.client_nbma is not None
+        ctx.counters.events["indication_answer_taken"] += 1
+        self._install_shortcut(destination, answer, answer.client_nbma, now, from_nhs=True, nhs_answer=True, via=nbma)
+        return True
+
+    def _usable_indication_answer(self, answer: CIE | None, destination: Address) -> bool:
+        ctx = self.ctx
+        if answer is None or answer.code != CIECode.SUCCESS or answer.client_nbma is None:
+            return False
+        if (
+            answer.client_nbma == ctx.config.nbma_address
+            or answer.client_nbma.version != ctx.config.nbma_address.version
+        ):
+            return False
+        # As in a reply, the prefix is the destination's, cut to the CIE's prefix length; the next hop must
+        # be an address of the tunnel's family.
+        return answer.client_protocol is not None and answer.client_protocol.version == destination.version

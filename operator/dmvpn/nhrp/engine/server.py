@@ -12,6 +12,7 @@ from dmvpn.nhrp.codec import (
     ErrorCode,
     Extension,
     ForwardTransitNHS,
+    IndicationAnswer,
     Message,
     NATAddress,
     PacketType,
@@ -182,11 +183,17 @@ class Server:
 
     def _answers_itself(self, request: Message, entry: CacheEntry, nbma: Address) -> bool:
         """Answer from the registration instead of forwarding (a requester that did not insist on A)."""
-        if entry.type != EntryType.DYNAMIC or entry.nbma is None or request.flags & ResolutionFlag.A:
+        if request.flags & ResolutionFlag.A:
+            return False
+        return self._may_answer_for(entry, self._requester_nbma(request, nbma))
+
+    def _may_answer_for(self, entry: CacheEntry, requester_nbma: Address) -> bool:
+        """May we give ``entry``'s binding (a registration) to the spoke at ``requester_nbma``?"""
+        if entry.type != EntryType.DYNAMIC or entry.nbma is None or entry.nbma == requester_nbma:
             return False
         if self.ctx.config.nhs_answers is NhsAnswers.ALL:
             return True
-        return int(self._requester_nbma(request, nbma)) < int(entry.nbma)
+        return int(requester_nbma) < int(entry.nbma)
 
     def _forward_extensions(self, request: Message, now: float) -> tuple[Extension, ...]:
         """Copy the extensions, adding ourselves to the forward transit record and, for a requester
@@ -209,16 +216,20 @@ class Server:
     def _transit_cie(self) -> CIE:
         return self.ctx.our_cie()
 
-    def _answer_from_cache(self, request: Message, entry: CacheEntry, nbma: Address, now: float) -> None:
-        """A non-authoritative answer (the requester did not insist on A) from a registration."""
-        hold = int(max((entry.expires or now) - now, 0))
-        answer = CIE(
+    @staticmethod
+    def _registration_cie(entry: CacheEntry, now: float) -> CIE:
+        """A registration as the CIE of a non-authoritative answer: the rest of its holding time."""
+        return CIE(
             prefix_length=entry.prefix.prefixlen,
             mtu=entry.mtu,
-            holding_time=hold,
+            holding_time=int(max((entry.expires or now) - now, 0)),
             client_nbma=entry.nbma,
             client_protocol=entry.next_hop,
         )
+
+    def _answer_from_cache(self, request: Message, entry: CacheEntry, nbma: Address, now: float) -> None:
+        """A non-authoritative answer (the requester did not insist on A) from a registration."""
+        answer = self._registration_cie(entry, now)
         assert request.src_protocol is not None
         self._remember_interest(entry, request.src_protocol, self._requester_nbma(request, nbma))
         reply = Message(
@@ -389,6 +400,20 @@ class Server:
             src_protocol=ctx.config.protocol_address,
             dst_protocol=source,
             original_packet=indication_excerpt(packet),
+            extensions=self._indication_answer(entry, destination, now),
         )
         ctx.counters.events["traffic_indication_sent"] += 1
         ctx.send(entry.nbma, indication)
+
+    def _indication_answer(self, source: CacheEntry, destination: Address, now: float) -> tuple[Extension, ...]:
+        """Our answer for ``destination``, carried in the indication to ``source``'s spoke when we would
+        answer its Resolution Request ourselves: the spoke has the shortcut a round trip sooner. We note
+        the interest as for that answer, so the spoke hears a purge should the registration go."""
+        if not self.ctx.config.indication_answers or source.nbma is None or source.next_hop is None:
+            return ()
+        target = self.ctx.cache.lookup(destination, now, types=FORWARDABLE)
+        if target is None or not self._may_answer_for(target, source.nbma):
+            return ()
+        self._remember_interest(target, source.next_hop, source.nbma)
+        self.ctx.counters.events["indication_answered"] += 1
+        return (IndicationAnswer(cies=(self._registration_cie(target, now),)),)
