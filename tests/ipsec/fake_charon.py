@@ -44,7 +44,9 @@ class FakeCharon:
         self.initiate_delay_s = 0.0
         self.load_conn_delay_s = 0.0  # how long a load-conn takes to answer (a busy charon)
         self.list_sas_delay_s = 0.0  # how long a list-sas takes to answer
-        self.timeline: list[tuple[str, str]] = []  # ("start" | "end", command), in the order they happened
+        self.refuse_load_conn = False
+        # ("recv" | "start" | "end", command), in the order they happened
+        self.timeline: list[tuple[str, str]] = []
         self._next_id = 1
         self._subscribers: dict[asyncio.StreamWriter, set[str]] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -131,21 +133,35 @@ class FakeCharon:
     # --- protocol ----------------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """As charon's vici_socket.c does: frames are read as they arrive (timeline "recv") and queued, and
+        one connection's commands are handled strictly in order."""
         self._subscribers[writer] = set()
+        queue: asyncio.Queue[tuple[int, str, dict[str, Any]] | None] = asyncio.Queue()
+        receiving = asyncio.create_task(self._receive(reader, queue))
+        try:
+            while (item := await queue.get()) is not None:
+                await self._handle(writer, *item)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            receiving.cancel()
+            self._subscribers.pop(writer, None)
+            writer.close()
+
+    async def _receive(self, reader: asyncio.StreamReader, queue: asyncio.Queue[Any]) -> None:
         try:
             while True:
                 (length,) = struct.unpack("!I", await reader.readexactly(4))
                 body = await reader.readexactly(length)
                 kind, size = body[0], body[1]
                 name = body[2 : 2 + size].decode()
-                message = dict(Message.deserialize(FiniteStream(body[2 + size :])))
-                await self._handle(writer, kind, name, message)
-                await writer.drain()
+                self.timeline.append(("recv", name))
+                await queue.put((kind, name, dict(Message.deserialize(FiniteStream(body[2 + size :])))))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
-            self._subscribers.pop(writer, None)
-            writer.close()
+            await queue.put(None)
 
     async def _handle(self, writer: asyncio.StreamWriter, kind: int, name: str, message: dict[str, Any]) -> None:
         if kind == Packet.EVENT_REGISTER:
@@ -173,6 +189,8 @@ class FakeCharon:
     async def cmd_load_conn(self, _w: asyncio.StreamWriter, message: dict[str, Any]) -> dict[str, Any]:
         if self.load_conn_delay_s:
             await asyncio.sleep(self.load_conn_delay_s)
+        if self.refuse_load_conn:
+            return {"success": "no", "errmsg": "invalid connection"}
         self.conns.update(message)
         return {"success": "yes"}
 

@@ -166,10 +166,47 @@ async def test_once_initiates_right_after_the_load_without_reading_the_sas(
     async with manager(socket_path) as ipsec:
         charon.timeline.clear()
         charon.list_sas_delay_s = 0.3
+        charon.load_conn_delay_s = 0.3
         assert await ipsec.ensure_peer(LOW, InitiatePolicy.ONCE) is PeerAction.INITIATED
         assert ("start", "list-sas") not in charon.timeline, charon.timeline
-        assert charon.timeline.index(("start", "initiate")) > charon.timeline.index(("end", "load-conn"))
-        assert ipsec.initiations == 1
+        order = charon.timeline
+        # Sent together: charon had the initiate before it answered the load-conn, and ran it after.
+        assert order.index(("recv", "initiate")) < order.index(("end", "load-conn")), order
+        assert order.index(("start", "initiate")) > order.index(("end", "load-conn")), order
+        assert ipsec.initiations == 1 and "dmvpn-peer-192.0.2.11" in charon.conns
+        assert await ipsec.wait_sa_up(LOW, timeout_s=2.0)
+        # Nothing left for apply to load: a second call changes nothing in charon.
+        charon.timeline.clear()
+        assert (await ipsec.apply(verify=True)).loaded_conns == ()
+
+
+async def test_once_loads_first_when_more_than_the_peers_connection_changed(
+    charon: FakeCharon, socket_path: Path
+) -> None:
+    """The load and the initiate go together only when the peer's connection is all charon lacks; here
+    someone removed our responder connection, so apply repairs that first and the initiate follows."""
+    async with manager(socket_path) as ipsec:
+        await ipsec.apply(verify=True)
+        ipsec._loaded_conns.pop("dmvpn")  # as if a load of it had not been answered
+        charon.timeline.clear()
+        charon.load_conn_delay_s = 0.2
+        assert await ipsec.ensure_peer(LOW, InitiatePolicy.ONCE) is PeerAction.INITIATED
+        order = charon.timeline
+        assert order.index(("recv", "initiate")) > order.index(("end", "load-conn")), order
+        assert order.count(("end", "load-conn")) == 2 and ipsec.initiations == 1
+
+
+async def test_a_refused_load_is_not_recorded_and_its_initiate_fails_with_it(
+    charon: FakeCharon, socket_path: Path
+) -> None:
+    async with manager(socket_path) as ipsec:
+        charon.refuse_load_conn = True
+        with pytest.raises(IpsecError, match="load-conn failed"):
+            await ipsec.ensure_peer(LOW, InitiatePolicy.ONCE)
+        assert "dmvpn-peer-192.0.2.11" not in charon.conns and not charon.sas_to(str(LOW))
+        charon.refuse_load_conn = False
+        assert await ipsec.ensure_peer(LOW, InitiatePolicy.ONCE) is not PeerAction.WAITING
+        assert "dmvpn-peer-192.0.2.11" in charon.conns
 
 
 async def test_higher_address_waits_for_the_peer(charon: FakeCharon, socket_path: Path) -> None:

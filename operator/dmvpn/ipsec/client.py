@@ -42,6 +42,13 @@ def deserialize(payload: Any) -> ViciMessage:
     return dict(Message.deserialize(payload))
 
 
+def check_response(command: str, response: ViciMessage) -> None:
+    """Raise IpsecError if charon answered ``command`` with ``success = no``."""
+    if response.get("success", b"yes") != b"yes":
+        errmsg = response.get("errmsg", b"no reason given").decode(errors="replace")
+        raise IpsecError(f"{command} failed: {errmsg}")
+
+
 class ViciConnection:
     """One stream connection to charon's VICI socket.
 
@@ -102,26 +109,40 @@ class ViciConnection:
     ) -> ViciMessage:
         """Send ``command`` and return its response; raises IpsecError if charon reports ``success = no``
         (when ``check``), or does not know the command."""
+        (response,) = await self.pipeline([(command, message)], timeout_s=timeout_s)
+        if check:
+            check_response(command, response)
+        return response
+
+    async def pipeline(
+        self, commands: Sequence[tuple[str, Mapping[str, Any] | None]], *, timeout_s: float = _COMMAND_TIMEOUT_S
+    ) -> list[ViciMessage]:
+        """Send every command at once, then read their responses, in order, unchecked (see
+        :func:`check_response`). charon handles one connection's commands strictly in order (vici_socket.c,
+        ``process_queue``), so a command may depend on the one before it: an ``initiate`` right behind the
+        ``load-conn`` of its connection waits one round trip to charon, not two. Raises IpsecError if charon
+        does not know a command (after reading every answer, so the stream stays in step)."""
         async with self._lock:
-            await self._send(Packet.request(command, serialize(message)))
+            for command, message in commands:
+                await self._send(Packet.request(command, serialize(message)))
             try:
-                parsed = await asyncio.wait_for(self._receive(), timeout_s)
+                answers = [await asyncio.wait_for(self._receive(), timeout_s) for _ in commands]
             except TimeoutError as error:
                 self._writer.close()
-                raise CharonUnavailable(f"charon did not answer {command} within {timeout_s} s") from error
+                names = ", ".join(command for command, _ in commands)
+                raise CharonUnavailable(f"charon did not answer {names} within {timeout_s} s") from error
             except BaseException:
                 # Cancelled or failed mid-answer: the stream is out of step, so it must not be reused.
                 self._writer.close()
                 raise
-        if parsed.response_type == Packet.CMD_UNKNOWN:
-            raise IpsecError(f"charon does not know the VICI command {command}")
-        if parsed.response_type != Packet.CMD_RESPONSE:
-            raise IpsecError(f"unexpected VICI packet type {parsed.response_type} in answer to {command}")
-        response = deserialize(parsed.payload)
-        if check and response.get("success", b"yes") != b"yes":
-            errmsg = response.get("errmsg", b"no reason given").decode(errors="replace")
-            raise IpsecError(f"{command} failed: {errmsg}")
-        return response
+        responses = []
+        for (command, _), parsed in zip(commands, answers, strict=True):
+            if parsed.response_type == Packet.CMD_UNKNOWN:
+                raise IpsecError(f"charon does not know the VICI command {command}")
+            if parsed.response_type != Packet.CMD_RESPONSE:
+                raise IpsecError(f"unexpected VICI packet type {parsed.response_type} in answer to {command}")
+            responses.append(deserialize(parsed.payload))
+        return responses
 
     async def streamed(
         self, command: str, event: str, message: Mapping[str, Any] | None = None
