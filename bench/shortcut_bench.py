@@ -28,9 +28,11 @@ destination answers (FRR, and an NHS that passes requests on):
   (1): ready at 7 hops, so a request sent at 6 hops is the first direct both ways. GRE+ESP: the reverse
   Reply also waits for the SA (up at 8 hops at the far spoke), so the forward bound (9) dominates.
 
-Our hub answers a Phase 3 request itself from the destination's registration (docs/agent.md), one hop less
-each way (plain 4 and 5 hops; with IPsec the lower address learns the other's at 4 hops and initiates, the
-SA is up 4 hops later: 8). The bounds printed are those of the destination answering, the same for both.
+Our hub puts its answer (the destination's registration) in the Traffic Indication itself (docs/agent.md):
+the spoke learns the other's address at 2 hops instead of 4 or 5, so our own bounds are lower (plain:
+the first direct request at 2 hops, direct both ways at 4: the first reply hairpins at 3, its indication
+arrives at 4; with IPsec the lower address initiates at 2 hops and the SA is up 4 hops later: 6). The
+bounds printed are those of the destination answering, the same for both.
 
     .venv/bin/python -m dmvpn.lab.guest $PWD/.venv/bin/python bench/shortcut_bench.py [--rounds 3]
 """
