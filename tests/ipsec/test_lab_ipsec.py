@@ -84,6 +84,12 @@ async def test_shortcut_sa_on_demand_from_both_sides_at_once(lab: Lab) -> None:
         [ike1], [ike2] = await m1.list_sas(), await m2.list_sas()
         assert (ike1.state, ike1.initiator, ike1.remote_host) == ("ESTABLISHED", True, s2.nbma)
         assert (ike2.state, ike2.initiator, ike2.remote_host) == ("ESTABLISHED", False, s1.nbma)
+        # The waiting side never loaded a connection of its own for the peer: charon's responder one took it.
+        waiting = await ViciConnection.open(m2.socket_path)
+        try:
+            assert (await waiting.request("get-conns"))["conns"] == [b"dmvpn"] and ike2.conn == "dmvpn"
+        finally:
+            await waiting.close()
         [child] = ike1.children
         assert (child.name, child.state, child.mode) == ("gre", "INSTALLED", "TRANSPORT")
         assert child.spi_in == ike2.children[0].spi_out

@@ -210,22 +210,29 @@ async def test_a_refused_load_is_not_recorded_and_its_initiate_fails_with_it(
 
 
 async def test_higher_address_waits_for_the_peer(charon: FakeCharon, socket_path: Path) -> None:
+    """The waiting side asks nothing of charon: the peer's IKE_SA lands on our responder connection, and a
+    load-conn would only compete with that exchange. Nothing is loaded later either once the SA is up."""
     async with manager(socket_path, fallback_s=0.3) as ipsec:
         stream = ipsec.events()
+        loads = charon.commands["load-conn"]
         assert await ipsec.ensure_peer(LOW) is PeerAction.WAITING
-        assert "dmvpn-peer-192.0.2.11" in charon.conns
+        assert "dmvpn-peer-192.0.2.11" not in charon.conns and charon.commands["load-conn"] == loads
         charon.peer_initiates(str(LOW))
         assert await next_event(stream) == (LOW, True, "child-updown")
         await asyncio.sleep(0.5)  # past the fallback: nothing more may happen
         assert ipsec.initiations == 0 and len(charon.sas_to(str(LOW))) == 1
+        assert charon.commands["load-conn"] == loads
+        # Another peer's connection loads (with its initiate) without dragging the waiting one's along.
+        await ipsec.ensure_peer(IPv4Address("192.0.2.13"), InitiatePolicy.ONCE)
+        assert "dmvpn-peer-192.0.2.13" in charon.conns and "dmvpn-peer-192.0.2.11" not in charon.conns
 
 
 async def test_waiting_side_initiates_after_the_fallback(charon: FakeCharon, socket_path: Path) -> None:
     async with manager(socket_path, fallback_s=0.2) as ipsec:
         assert await ipsec.ensure_peer(LOW) is PeerAction.WAITING
-        assert not ipsec.sa_up(LOW)
+        assert not ipsec.sa_up(LOW) and "dmvpn-peer-192.0.2.11" not in charon.conns
         assert await ipsec.wait_sa_up(LOW, timeout_s=2.0)
-        assert ipsec.initiations == 1
+        assert ipsec.initiations == 1 and "dmvpn-peer-192.0.2.11" in charon.conns, "loaded, then initiated"
 
 
 async def test_remove_peer_terminates_and_unloads(charon: FakeCharon, socket_path: Path) -> None:

@@ -127,6 +127,9 @@ class IpsecManager:
         self.reconnect_max_s = reconnect_max_s
         self._table = SaTable(local=profile.local_nbma)
         self._desired: dict[IPv4Address, InitiatePolicy] = {}
+        # Desired peers whose own connection is not loaded yet: they initiate to us (AUTO, the waiting side)
+        # and our responder connection accepts them; the keeper loads it before a fallback initiation.
+        self._unloaded_waiting: set[IPv4Address] = set()
         self._initiated_at: dict[IPv4Address, float] = {}  # monotonic time of our last initiation per peer
         self._cmd: ViciConnection | None = None
         # ``list-sas`` has a session of its own, so reading the SAs never waits behind a ``load-conn`` (or
@@ -419,7 +422,7 @@ class IpsecManager:
         return tuple(loaded), tuple(unloaded)
 
     async def _apply_conns(self, session: ViciConnection, verify: bool) -> _Delta:
-        desired = render_conns(self.profile, frozenset(self._desired))
+        desired = render_conns(self.profile, self._conn_peers())
         if verify:
             present = {_text(name) for name in (await session.request("get-conns")).get("conns", [])}
         else:
@@ -517,9 +520,17 @@ class IpsecManager:
         initiating = we_initiate(self.profile.local_nbma, nbma, policy)
         earlier_claim = self._initiated_at.get(nbma)
         claimed = initiating and not self._table.up(nbma) and self._claim_initiation(nbma)
-        if claimed and policy is InitiatePolicy.ONCE and await self._load_and_initiate(nbma):
+        if policy is InitiatePolicy.AUTO and not initiating and peer_conn_name(nbma) not in self._loaded_conns:
+            # The peer initiates, and our responder connection takes its IKE_SA: a load-conn now would only
+            # compete with that exchange for charon (and hold its config lock while the exchange looks a
+            # config up). The keeper loads the connection should the fallback initiation be due.
+            self._unloaded_waiting.add(nbma)
+            action = PeerAction.ALREADY_UP if self._table.up(nbma) else PeerAction.WAITING
+        elif claimed and policy is InitiatePolicy.ONCE and await self._load_and_initiate(nbma):
+            self._unloaded_waiting.discard(nbma)
             action = PeerAction.INITIATED
         else:
+            self._unloaded_waiting.discard(nbma)
             action = await self._apply_and_initiate(nbma, policy, initiating, claimed, earlier_claim)
         if changed or nbma not in self._peer_tasks:
             self._start_keeper(nbma, policy, initiated=action is not PeerAction.WAITING)
@@ -544,6 +555,10 @@ class IpsecManager:
             check_response("initiate", initiated)
         return True
 
+    def _conn_peers(self) -> frozenset[IPv4Address]:
+        """The peers whose own connection charon should hold (the desired ones but those left unloaded)."""
+        return frozenset(peer for peer in self._desired if peer not in self._unloaded_waiting)
+
     def _only_this_conn_to_load(self, peer: IPv4Address) -> ViciDict | None:
         """The ``load-conn`` message for ``peer``'s connection if it is the only difference between what
         ``apply`` would load and what this session has loaded (checked against charon at least once)."""
@@ -552,7 +567,7 @@ class IpsecManager:
         if self._loaded_shared != render_shared(self.profile):
             return None
         name = peer_conn_name(peer)
-        desired = render_conns(self.profile, frozenset(self._desired))
+        desired = render_conns(self.profile, self._conn_peers())
         if name not in desired or self._loaded_conns.get(name) == desired[name]:
             return None
         if {k: v for k, v in desired.items() if k != name} != {
@@ -604,6 +619,7 @@ class IpsecManager:
     async def remove_peer(self, nbma: IPv4Address) -> None:
         """Forget the peer: terminate its IKE_SAs (and CHILD_SAs) and unload its connection. Idempotent."""
         self._desired.pop(nbma, None)
+        self._unloaded_waiting.discard(nbma)
         task = self._peer_tasks.pop(nbma, None)
         if task is not None:
             task.cancel()
@@ -638,6 +654,9 @@ class IpsecManager:
                         return
                     log.info("no SA from %s within %.1f s: initiating ourselves", peer, self.fallback_s)
                     initiated = False
+                    if peer in self._unloaded_waiting:
+                        self._unloaded_waiting.discard(peer)
+                        await self.apply(verify=False)
                 if not initiated and not self._table.up(peer):
                     await self._initiate_unless_in_progress(peer)
             elif policy is InitiatePolicy.ALWAYS:
