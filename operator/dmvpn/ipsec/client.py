@@ -171,8 +171,7 @@ class ViciConnection:
         if parsed.response_type != Packet.CMD_RESPONSE:
             raise IpsecError(f"unexpected VICI packet type {parsed.response_type} in answer to {command}")
         response = deserialize(parsed.payload)
-        if response.get("success", b"yes") != b"yes":
-            raise IpsecError(f"{command} failed: {response.get('errmsg', b'').decode(errors='replace')}")
+        check_response(command, response)
         return items, response
 
     async def _register(self, event: str, register: bool) -> None:
