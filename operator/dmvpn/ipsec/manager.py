@@ -527,8 +527,7 @@ class IpsecManager:
             self._unloaded_waiting.add(nbma)
             action = PeerAction.ALREADY_UP if self._table.up(nbma) else PeerAction.WAITING
         elif claimed and policy is InitiatePolicy.ONCE and await self._load_and_initiate(nbma):
-            self._unloaded_waiting.discard(nbma)
-            action = PeerAction.INITIATED
+            action = PeerAction.INITIATED  # (a peer left unloaded never takes this path: see _conn_peers)
         else:
             self._unloaded_waiting.discard(nbma)
             action = await self._apply_and_initiate(nbma, policy, initiating, claimed, earlier_claim)
