@@ -40,6 +40,7 @@ bounds printed are those of the destination answering, the same for both.
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import os
 import re
@@ -150,7 +151,7 @@ def measure(lab: Lab, hub: Site, dev: str, src: Site, dst: Site, result: Round) 
 # --- ours: one agent per site ---------------------------------------------------------------------------
 
 
-def timeline(agents: AgentLab, t0: float) -> str:
+def timeline(agents: AgentLab, t0: float) -> list[tuple[float, str]]:
     """The agents' events from the first ping on, ms after it (`show events`)."""
     rows: list[tuple[float, str]] = []
     for name, agent in agents.agents.items():
@@ -159,6 +160,35 @@ def timeline(agents: AgentLab, t0: float) -> str:
             at = (float(event["time"]) - t0) * 1000
             if -100 <= at <= TIMELINE_MS and event["kind"].startswith(_SHOWN):
                 rows.append((at, f"{name:6} {event['kind']}: {event['text']}"))
+    return rows
+
+
+_LOG_LINE = re.compile(r"^(?P<clock>\d\d:\d\d:\d\d\.\d{3}) (?P<text>.*)$")  # charon's and the agent's logs
+_LOG_SHOWN = {
+    "charon.log": ("initiating", "sending packet", "received packet", "established", "acquire", "vici"),
+    "agent.log": ("IPsec", "initiating it"),
+}
+
+
+def log_steps(lab: Lab, sites: list[Site], t0: float, logs: tuple[str, ...]) -> list[tuple[float, str]]:
+    """The spokes' IKE steps from their logs (ms stamps in both), from the first ping on, ms after it."""
+    day = datetime.datetime.fromtimestamp(t0).date()
+    rows: list[tuple[float, str]] = []
+    for site in sites:
+        for name in logs:
+            log = lab.site_rundir(site) / name
+            for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+                match = _LOG_LINE.match(line)
+                if not match or not any(word in match["text"] for word in _LOG_SHOWN[name]):
+                    continue
+                clock = datetime.datetime.strptime(match["clock"], "%H:%M:%S.%f").time()
+                at = (datetime.datetime.combine(day, clock).timestamp() - t0) * 1000
+                if -100 <= at <= TIMELINE_MS:
+                    rows.append((at, f"{site.name:6} {name.split('.')[0]}: {match['text'][:110]}"))
+    return rows
+
+
+def render_rows(rows: list[tuple[float, str]]) -> str:
     return "\n".join(f"      {at:+8.1f} ms  {text}" for at, text in sorted(rows))
 
 
@@ -167,7 +197,7 @@ def ends(spoke1: Site, spoke2: Site, from_higher: bool) -> tuple[Site, Site]:
     return (spoke2, spoke1) if from_higher else (spoke1, spoke2)
 
 
-def run_ours(ipsec: bool, index: int, from_higher: bool = False) -> Round:
+def run_ours(ipsec: bool, index: int, from_higher: bool = False, ike_steps: bool = False) -> Round:
     result = Round("ours", ipsec)
     started = time.monotonic()
     with Lab(prefix=f"sc{os.getpid() % 1000}o{index}") as lab:
@@ -178,7 +208,8 @@ def run_ours(ipsec: bool, index: int, from_higher: bool = False) -> Round:
         time.sleep(1.0)
         result.setup_s = time.monotonic() - started
         t0 = measure(lab, hub, "dmvpn0", *ends(spoke1, spoke2, from_higher), result)
-        result.timeline = timeline(agents, t0)
+        steps = log_steps(lab, [spoke1, spoke2], t0, ("charon.log", "agent.log")) if ipsec and ike_steps else []
+        result.timeline = render_rows(timeline(agents, t0) + steps)
     return result
 
 
@@ -243,7 +274,9 @@ def ipsec_report(lab: Lab, sites: list[Site]) -> str:
     return "\n".join(f"      {line}" for line in lines)
 
 
-def run_frr(ipsec: bool, index: int, unique: str | None = None, from_higher: bool = False) -> Round:
+def run_frr(
+    ipsec: bool, index: int, unique: str | None = None, from_higher: bool = False, ike_steps: bool = False
+) -> Round:
     result = Round("frr", ipsec)
     started = time.monotonic()
     with Lab(prefix=f"sc{os.getpid() % 1000}f{index}") as lab:
@@ -251,9 +284,11 @@ def run_frr(ipsec: bool, index: int, unique: str | None = None, from_higher: boo
         wait_frr_registered(hub, hub_vty, [spoke1, spoke2])
         time.sleep(1.0)
         result.setup_s = time.monotonic() - started
-        measure(lab, hub, "gre1", *ends(spoke1, spoke2, from_higher), result)
+        t0 = measure(lab, hub, "gre1", *ends(spoke1, spoke2, from_higher), result)
         if ipsec and result.lost:
             result.timeline = ipsec_report(lab, [spoke1, spoke2])
+        elif ipsec and ike_steps:
+            result.timeline = render_rows(log_steps(lab, [spoke1, spoke2], t0, ("charon.log",)))
     return result
 
 
@@ -281,6 +316,7 @@ def main() -> int:
     parser.add_argument("--frr-unique", default=None, help="swanctl 'unique' of the FRR sites' trap connection")
     parser.add_argument("--timeline", action="store_true", help="print our agents' events for every round")
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="no new round after this many seconds")
+    parser.add_argument("--ike-steps", action="store_true", help="add the spokes' charon IKE steps to the timelines")
     parser.add_argument("--from-higher", action="store_true", help="ping from spoke2 (the higher NBMA) to spoke1")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 5:
@@ -308,9 +344,9 @@ def main() -> int:
         for impl, ipsec in variants:
             try:
                 if impl == "ours":
-                    result = run_ours(ipsec, index, args.from_higher)
+                    result = run_ours(ipsec, index, args.from_higher, args.ike_steps)
                 else:
-                    result = run_frr(ipsec, index, args.frr_unique, args.from_higher)
+                    result = run_frr(ipsec, index, args.frr_unique, args.from_higher, args.ike_steps)
             except (LabError, OSError, subprocess.SubprocessError, ValueError) as error:
                 result = Round(impl, ipsec, error=str(error)[-1500:])
             results.append(result)

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from dmvpn.agent import views
-from dmvpn.agent.agent import Agent
 from dmvpn.dataplane import HairpinEvent, Neighbour, Route
 from dmvpn.ipsec.types import InitiatePolicy, IpsecError
 from dmvpn.nhrp.cache import CacheEntry, EntryType
@@ -77,11 +76,15 @@ async def test_phase3_shortcut_installed_once_sa_is_up_both_directions(cloud: Cl
     assert cloud.agents["spoke-1"].stats.shortcuts_created == 1
     kinds = [e["kind"] for e in views.show_events(cloud.agents["spoke-1"])]
     assert kinds.index("traffic-indication") < kinds.index("resolution-reply")
-    # And back: spoke-2's traffic to spoke-1 hairpins at the hub too. spoke-2 is the higher address, so
-    # the hub passes its request on to spoke-1, which answers over the SA that is up.
+    # And back: spoke-2's traffic to spoke-1 hairpins at the hub too. spoke-2 is the higher address, but
+    # the hub gave spoke-1 its answer moments ago (spoke-1 initiates), so spoke-2's indication carries
+    # spoke-1's binding: spoke-2 asks nobody, and uses spoke-1's SA (up already).
     hairpin(cloud, "10.1.2.10", "10.1.1.10")
     await wait_for(lambda: Route(S1_LAN, via=S1_TUNNEL) in cloud.dataplanes["spoke-2"].routes)
-    assert cloud.agents["hub"].engine.counters.events["resolution_forwarded"] == 1
+    assert cloud.agents["hub"].engine.counters.events["indication_answered"] == 2
+    assert cloud.agents["hub"].engine.counters.events["resolution_forwarded"] == 0
+    assert not [data for src, _, data in cloud.net.sent if data[17] == PacketType.RESOLUTION_REQUEST]
+    assert cloud.agents["spoke-2"].engine.counters.events["indication_answer_taken"] == 1
     shortcut_rows = [p for p in views.show_dmvpn(cloud.agents["spoke-1"])["peers"] if p["kind"] == "shortcut"]
     assert shortcut_rows and shortcut_rows[0]["state"] == "up" and shortcut_rows[0]["prefixes"] == [str(S2_LAN)]
     nhrp = {(row["protocol"], row["type"]) for row in views.show_nhrp(cloud.agents["spoke-1"])}
@@ -116,26 +119,38 @@ async def test_the_higher_address_resolving_leaves_the_sa_to_the_lower_responder
 
 async def test_spokes_resolving_each_other_at_once_leave_the_sa_to_the_lower_address(cloud: Cloud) -> None:
     await registered_cloud(cloud)
-    hairpin(cloud, "10.1.1.10", "10.1.2.10")  # both directions hairpin together: the requests cross
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")  # both directions hairpin together
     hairpin(cloud, "10.1.2.10", "10.1.1.10")
     await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in cloud.dataplanes["spoke-1"].routes)
     await wait_for(lambda: Route(S1_LAN, via=S1_TUNNEL) in cloud.dataplanes["spoke-2"].routes)
-    # spoke-1 (192.0.2.11) learns spoke-2's address from the hub's answer and from spoke-2's request, and
-    # initiates; spoke-2 (.12) never initiates first (AUTO: its fallback would, if no SA came).
+    # spoke-1 (192.0.2.11) learns spoke-2's address from the hub's answer and initiates; spoke-2 (.12)
+    # learns spoke-1's from its own indication and never initiates first (AUTO: its fallback would, if no
+    # SA came).
     assert {policy for peer, policy in cloud.ipsecs["spoke-1"].ensured if peer == S2_NBMA} == {InitiatePolicy.ONCE}
     assert {policy for peer, policy in cloud.ipsecs["spoke-2"].ensured if peer == S1_NBMA} == {InitiatePolicy.AUTO}
     assert cloud.agents["spoke-2"].stats.extra.get("replies_relayed", 0) == 0, "the higher address answers nobody"
+    # The hub answered spoke-1 first, so spoke-2's indication carried spoke-1's binding: nobody asked.
+    assert cloud.agents["hub"].engine.counters.events["indication_answered"] == 2
+    assert not [data for src, _, data in cloud.net.sent if data[17] == PacketType.RESOLUTION_REQUEST]
 
 
-def test_only_an_nhs_answering_for_the_destination_makes_the_requester_initiate_at_once() -> None:
+async def test_only_an_nhs_answering_for_the_destination_makes_the_requester_initiate_at_once(cloud: Cloud) -> None:
     """An NHS answered itself: the destination never saw our request, nobody else brings the SA up. The
-    responder's own reply, straight or relayed through an NHS, follows the tie-break (AUTO)."""
+    responder's own reply, straight or relayed through an NHS, follows the tie-break (AUTO), and so does an
+    answer in an indication: the lower end initiates, the higher one waits."""
+    await cloud.add(spoke_config(1, ipsec=True))
+    await cloud.add(spoke_config(2, ipsec=True))
+    lower, higher = cloud.agents["spoke-1"], cloud.agents["spoke-2"]
     entry = CacheEntry(prefix=S2_LAN, type=EntryType.SHORTCUT, nbma=S2_NBMA, next_hop=S2_TUNNEL)
     answered = ResolutionDone(IPv4Address("10.1.2.10"), entry, relayed=True, nhs_answer=True)
-    assert Agent._shortcut_policy(answered) is InitiatePolicy.ONCE
+    assert lower._shortcut_policy(answered) is InitiatePolicy.ONCE
     relayed = ResolutionDone(answered.destination, entry, relayed=True)
-    assert Agent._shortcut_policy(relayed) is InitiatePolicy.AUTO
-    assert Agent._shortcut_policy(ResolutionDone(answered.destination, entry)) is InitiatePolicy.AUTO
+    assert lower._shortcut_policy(relayed) is InitiatePolicy.AUTO
+    assert lower._shortcut_policy(ResolutionDone(answered.destination, entry)) is InitiatePolicy.AUTO
+    indicated = replace(answered, indication_from=HUB_NBMA)
+    assert lower._shortcut_policy(indicated) is InitiatePolicy.ONCE
+    to_lower = CacheEntry(prefix=S1_LAN, type=EntryType.SHORTCUT, nbma=S1_NBMA, next_hop=S1_TUNNEL)
+    assert higher._shortcut_policy(replace(indicated, entry=to_lower)) is InitiatePolicy.AUTO
 
 
 async def test_idle_shortcut_expires_with_its_sa(cloud: Cloud) -> None:

@@ -632,6 +632,32 @@ def test_a_hub_answering_lower_requesters_only_answers_in_the_lower_ones_indicat
     assert not net.sent(PacketType.RESOLUTION_REQUEST, src=SPOKE_A_NBMA)
 
 
+def test_the_higher_end_has_the_answer_in_its_indication_once_the_lower_end_had_its_own(net: SimNet) -> None:
+    """Two-way traffic: the lower end (A) got B's binding in its indication and initiates the SA, so B's
+    indication, moments later, carries A's binding too and B asks nobody (its request would cross the hub
+    and A while their IKE exchange runs). Only for a while (ANSWER_MEMORY_S): later, B asks again."""
+    from dmvpn.nhrp.engine import NhsAnswers
+    from dmvpn.nhrp.engine.server import ANSWER_MEMORY_S
+
+    hub, a, b = answering_hub_and_two_spokes(net, nhs_answers=NhsAnswers.LOWER_REQUESTER)
+    net.call(hub, hub.hairpin, ip_packet("10.10.0.5", "10.20.0.5"))  # A -> B: A, the lower, is answered
+    net.call(hub, hub.hairpin, ip_packet("10.20.0.5", "10.10.0.5"))  # B -> A: so is B now
+    (to_b,) = net.sent(PacketType.TRAFFIC_INDICATION, dst=SPOKE_B_NBMA)
+    carried = find_extension(to_b.packet, IndicationAnswer)
+    assert carried is not None and [c.client_nbma for c in carried.cies] == [SPOKE_A_NBMA]
+    assert not net.sent(PacketType.RESOLUTION_REQUEST), "neither spoke asked"
+    shortcut = b.cache.get(SITE_A)
+    assert shortcut is not None and (shortcut.type, shortcut.nbma) == (EntryType.SHORTCUT, SPOKE_A_NBMA)
+    assert hub.counters.events["indication_answered"] == 2
+    assert a.counters.events["indication_answer_taken"] == b.counters.events["indication_answer_taken"] == 1
+    assert hub._server is not None and SPOKE_B in hub._server.interested[SITE_A], "B hears a purge of A"
+
+    net.advance(ANSWER_MEMORY_S + 1)
+    net.call(hub, hub.hairpin, ip_packet("10.20.0.7", "10.10.0.7"))
+    late = net.sent(PacketType.TRAFFIC_INDICATION, dst=SPOKE_B_NBMA)[-1]
+    assert find_extension(late.packet, IndicationAnswer) is None, "the lower end's answer is too old by now"
+
+
 def test_the_hubs_answer_is_ignored_without_the_switch_or_from_a_stranger(net: SimNet) -> None:
     """An answer in an indication counts only from an NHS we are registered with, and only for a spoke that
     accepts an NHS's answers; otherwise the spoke resolves as the RFC says (the answer is not a binding)."""

@@ -493,13 +493,17 @@ class Agent:
             if self.ipsec is not None and entry.nbma not in self._sa_up:
                 self._spawn(self._ensure_peer(entry.nbma, self._shortcut_policy(done), "shortcut"))
 
-    @staticmethod
-    def _shortcut_policy(done: ResolutionDone) -> InitiatePolicy:
-        """An NHS that answered for the destination itself means the destination never saw our request and
-        nobody else brings the SA up, so we initiate at once (our hub answers only a requester with the
-        lower address, which initiates anyway: ``NhsAnswers.LOWER_REQUESTER``). The responder's own reply
-        (direct over its SA, or relayed through the NHS while it waits) follows the tie-break of
-        ``_responder_policy``: AUTO, the lower address initiates at once, the higher waits for it."""
+    def _shortcut_policy(self, done: ResolutionDone) -> InitiatePolicy:
+        """An NHS that answered our request for the destination itself means the destination never saw
+        the request and nobody else brings the SA up, so we initiate at once (our hub answers only a
+        requester with the lower address, which initiates anyway: ``NhsAnswers.LOWER_REQUESTER``). An
+        answer in a Traffic Indication goes to the lower end, or to the higher one once the lower end had
+        its answer (so the lower end initiates): the tie-break of ``_responder_policy`` decides, and the
+        higher end waits. The responder's own reply (direct over its SA, or relayed through the NHS while
+        it waits) follows that tie-break too: AUTO, the lower address initiates at once, the higher waits."""
+        nbma = done.entry.nbma
+        if done.indication_from is not None and isinstance(nbma, IPv4Address):
+            return self._responder_policy(nbma)
         return InitiatePolicy.ONCE if done.nhs_answer else InitiatePolicy.AUTO
 
     # --- IPsec -------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ charon {{
     lab {{
       path = /run/charon.log
       time_format = %H:%M:%S
+      time_add_ms = yes
       flush_line = yes
       default = 1
       ike = 1

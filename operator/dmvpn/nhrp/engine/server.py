@@ -35,6 +35,10 @@ from dmvpn.nhrp.engine.responder import has_loop
 FORWARDABLE = frozenset({EntryType.DYNAMIC, EntryType.STATIC})
 INDICATION_TARGETS = frozenset({EntryType.DYNAMIC, EntryType.STATIC, EntryType.SHORTCUT, EntryType.CACHED})
 MAX_INTERESTED_PER_PREFIX = 64
+# How long an answer we gave a lower spoke about a higher one lets the higher one's indication carry the
+# answer back (see Server._answered_the_other_end): the lower end initiates the SA within a moment of it.
+ANSWER_MEMORY_S = 10.0
+MAX_REMEMBERED_ANSWERS = 4096
 
 
 @dataclass(slots=True)
@@ -53,6 +57,8 @@ class Server:
         # Who resolved what through us: told when the binding goes (prefix -> requester -> NBMA).
         self.interested: dict[Network, dict[Address, Address]] = {}
         self.pending_purges: dict[int, PendingPurge] = {}
+        # When we last gave a spoke another's binding: (recipient NBMA, registrant NBMA) -> time.
+        self._answered: dict[tuple[Address, Address], float] = {}
         config = ctx.config
         self._indications = RateLimiter(
             burst=config.traffic_indication_burst,
@@ -231,7 +237,9 @@ class Server:
         """A non-authoritative answer (the requester did not insist on A) from a registration."""
         answer = self._registration_cie(entry, now)
         assert request.src_protocol is not None
-        self._remember_interest(entry, request.src_protocol, self._requester_nbma(request, nbma))
+        requester_nbma = self._requester_nbma(request, nbma)
+        self._remember_interest(entry, request.src_protocol, requester_nbma)
+        self._note_answer(requester_nbma, entry, now)
         reply = Message(
             type=PacketType.RESOLUTION_REPLY,
             flags=(request.flags & (ResolutionFlag.Q | ResolutionFlag.S | ResolutionFlag.NAT)) | ResolutionFlag.D,
@@ -407,13 +415,36 @@ class Server:
 
     def _indication_answer(self, source: CacheEntry, destination: Address, now: float) -> tuple[Extension, ...]:
         """Our answer for ``destination``, carried in the indication to ``source``'s spoke when we would
-        answer its Resolution Request ourselves: the spoke has the shortcut a round trip sooner. We note
-        the interest as for that answer, so the spoke hears a purge should the registration go."""
+        answer its Resolution Request ourselves, or when we gave the other end its answer moments ago: the
+        spoke has the shortcut a round trip sooner. We note the interest as for that answer, so the spoke
+        hears a purge should the registration go."""
         if not self.ctx.config.indication_answers or source.nbma is None or source.next_hop is None:
             return ()
         target = self.ctx.cache.lookup(destination, now, types=FORWARDABLE)
-        if target is None or not self._may_answer_for(target, source.nbma):
+        if target is None or not (
+            self._may_answer_for(target, source.nbma) or self._answered_the_other_end(target, source, now)
+        ):
             return ()
         self._remember_interest(target, source.next_hop, source.nbma)
+        self._note_answer(source.nbma, target, now)
         self.ctx.counters.events["indication_answered"] += 1
         return (IndicationAnswer(cies=(self._registration_cie(target, now),)),)
+
+    def _answered_the_other_end(self, target: CacheEntry, source: CacheEntry, now: float) -> bool:
+        """Did ``target``'s spoke get ``source``'s binding from us within :data:`ANSWER_MEMORY_S`? Then it is
+        bringing the path up (a lower end initiates the SA on our answer), and ``source``'s spoke, the higher
+        end here, may have ``target``'s binding too: it waits for that SA instead of sending a Resolution
+        Request that would cross the hub and the other spoke while their IKE exchange runs."""
+        if target.type != EntryType.DYNAMIC or target.nbma is None or source.nbma is None:
+            return False
+        answered = self._answered.get((target.nbma, source.nbma))
+        return answered is not None and now - answered <= ANSWER_MEMORY_S
+
+    def _note_answer(self, recipient_nbma: Address, registration: CacheEntry, now: float) -> None:
+        if registration.nbma is None:
+            return
+        if len(self._answered) >= MAX_REMEMBERED_ANSWERS:  # bounded: drop what is too old to matter
+            self._answered = {key: at for key, at in self._answered.items() if now - at <= ANSWER_MEMORY_S}
+            if len(self._answered) >= MAX_REMEMBERED_ANSWERS:
+                self._answered.pop(next(iter(self._answered)))
+        self._answered[(recipient_nbma, registration.nbma)] = now
