@@ -14,7 +14,9 @@ host hit all alike):
 Shortcut time = send time of the first echo request that did not cross the hub (a counting iptables rule
 in the hub's FORWARD chain says how many did: requests leave in order and the path switches once) minus the
 send time of the first request (``ping -D``: reply stamp minus RTT). Also shown: the first ping whose round
-trip was direct both ways (RTT < 3 x delay), pings lost, and our agents' events (``show events``). The pings
+trip was direct both ways (RTT < 3 x delay), pings lost, and our agents' events (``show events``);
+``--ike-steps`` adds the spokes' charon log lines (IKE packets sent and received, SAs established, acquires)
+and our agents' IPsec log lines, from their ms stamps, for both implementations. The pings
 go from spoke1 (192.0.2.11) to spoke2 (.12); ``--from-higher`` sends them the other way (with IPsec the
 lower NBMA address initiates the spoke-to-spoke SA, so the two directions take different paths). Lower
 bounds from the delays (one hop = one site's egress delay = 10 ms), for a Resolution Request that the
