@@ -658,6 +658,28 @@ def test_the_higher_end_has_the_answer_in_its_indication_once_the_lower_end_had_
     assert find_extension(late.packet, IndicationAnswer) is None, "the lower end's answer is too old by now"
 
 
+def test_the_hubs_memory_of_its_answers_stays_bounded_and_keeps_the_recent_ones(net: SimNet) -> None:
+    """Every answer is remembered for ANSWER_MEMORY_S; a hub answering many spokes keeps at most
+    MAX_REMEMBERED_ANSWERS, dropping the old ones first, so memory does not grow with the cloud's traffic."""
+    from dmvpn.nhrp.cache import CacheEntry
+    from dmvpn.nhrp.engine.server import ANSWER_MEMORY_S, MAX_REMEMBERED_ANSWERS
+
+    hub, _, _ = answering_hub_and_two_spokes(net)
+    server = hub._server
+    assert server is not None
+    registrant = CacheEntry(prefix=SITE_B, type=EntryType.DYNAMIC, nbma=SPOKE_B_NBMA, next_hop=SPOKE_B)
+    # Keys only (no packet is sent): IPv6 documentation addresses give enough distinct recipients.
+    for index in range(MAX_REMEMBERED_ANSWERS):  # old answers, all from one moment
+        server._note_answer(IPv6Address("2001:db8::") + index, registrant, 0.0)
+    later = ANSWER_MEMORY_S + 1
+    server._note_answer(SPOKE_A_NBMA, registrant, later)
+    assert len(server._answered) == 1, "the too-old answers went when the memory was full"
+    for index in range(MAX_REMEMBERED_ANSWERS + 10):  # recent ones only: the oldest go, one at a time
+        server._note_answer(IPv6Address("2001:db8:1::") + index, registrant, later)
+    assert len(server._answered) <= MAX_REMEMBERED_ANSWERS
+    assert (IPv6Address("2001:db8:1::") + MAX_REMEMBERED_ANSWERS + 9, SPOKE_B_NBMA) in server._answered
+
+
 def test_the_hubs_answer_is_ignored_without_the_switch_or_from_a_stranger(net: SimNet) -> None:
     """An answer in an indication counts only from an NHS we are registered with, and only for a spoke that
     accepts an NHS's answers; otherwise the spoke resolves as the RFC says (the answer is not a binding)."""
