@@ -67,7 +67,16 @@ PING_COUNT = 600  # 6 s of pings: the emulated guest needs seconds for IKE, real
 SUMMARY = "10.1.0.0/16"
 GRE_KEY = 42
 _REPLY = re.compile(r"^\[(?P<stamp>\d+\.\d+)\].*icmp_seq=(?P<seq>\d+).*time=(?P<rtt>[\d.]+) ms")
-_SHOWN = ("traffic-indication", "resolution-reply", "ike", "sa-up", "route-added", "binding", "registration")
+_SHOWN = (
+    "traffic-indication",
+    "resolution-reply",
+    "ike",
+    "sa-up",
+    "sa-ready",
+    "route-added",
+    "binding",
+    "registration",
+)
 
 
 def lower_bounds_ms(ipsec: bool) -> tuple[float, float]:

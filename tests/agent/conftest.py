@@ -40,7 +40,10 @@ class FakeNet:
         self.endpoints: dict[IPv4Address, Callable[[bytes, Address], None]] = {}
         self.sent: list[tuple[IPv4Address, IPv4Address, bytes]] = []
         self.sas: dict[frozenset[IPv4Address], float] = {}  # established pair -> when
+        self.initiators: dict[frozenset[IPv4Address], IPv4Address] = {}  # established pair -> who initiated
         self.ipsecs: dict[IPv4Address, FakeIpsec] = {}
+        # Packets each end received over an SA: (receiver, sender) -> count; unset means traffic flows (1).
+        self.packets_in: dict[tuple[IPv4Address, IPv4Address], int] = {}
 
     def transport_for(self, me: IPv4Address) -> Callable[..., FakeTransport]:
         def factory(ifindex: int, on_packet: Callable[[bytes, Address], None]) -> FakeTransport:
@@ -60,6 +63,7 @@ class FakeNet:
         if pair in self.sas:
             return
         self.sas[pair] = asyncio.get_running_loop().time()
+        self.initiators[pair] = a
         for me, peer in ((a, b), (b, a)):
             if me in self.ipsecs:
                 self.ipsecs[me].peer_up(peer)
@@ -213,6 +217,13 @@ class FakeIpsec:
 
     def sa_up(self, nbma: IPv4Address) -> bool:
         return nbma in self.up
+
+    def answered_only(self, nbma: IPv4Address) -> bool:
+        pair = frozenset({self.me, nbma})
+        return nbma in self.up and self.net.initiators.get(pair, self.me) != self.me
+
+    async def packets_in(self, nbma: IPv4Address) -> int:
+        return self.net.packets_in.get((self.me, nbma), 1)
 
     def events(self) -> FakeStream:
         stream = FakeStream()

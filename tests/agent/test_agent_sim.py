@@ -134,6 +134,43 @@ async def test_spokes_resolving_each_other_at_once_leave_the_sa_to_the_lower_add
     assert not [data for src, _, data in cloud.net.sent if data[17] == PacketType.RESOLUTION_REQUEST]
 
 
+async def test_the_responder_routes_over_a_new_sa_once_a_packet_came_in_over_it(cloud: Cloud) -> None:
+    """spoke-2 answered spoke-1's IKE_SA: its end was up before spoke-1 could decrypt, so its route through
+    spoke-1 waits for a packet from spoke-1 over the SA; spoke-1, the initiator, routes at once."""
+    await registered_cloud(cloud)
+    cloud.net.packets_in[(S2_NBMA, S1_NBMA)] = 0
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    hairpin(cloud, "10.1.2.10", "10.1.1.10")
+    await wait_for(lambda: Route(S2_LAN, via=S2_TUNNEL) in cloud.dataplanes["spoke-1"].routes)
+    assert cloud.net.initiators[frozenset({S1_NBMA, S2_NBMA})] == S1_NBMA
+    spoke2 = cloud.agents["spoke-2"]
+    await wait_for(lambda: S1_NBMA in spoke2.sa_up_peers)
+    await asyncio.sleep(0.2)
+    assert Route(S1_LAN, via=S1_TUNNEL) not in cloud.dataplanes["spoke-2"].routes, "nothing came in yet"
+    cloud.net.packets_in[(S2_NBMA, S1_NBMA)] = 3
+    await wait_for(lambda: Route(S1_LAN, via=S1_TUNNEL) in cloud.dataplanes["spoke-2"].routes)
+    ready = [e["text"] for e in views.show_events(spoke2) if e["kind"] == "sa-ready"]
+    assert ready == [f"{S1_NBMA}: routing over the SA it initiated (a packet came in over it)"]
+    assert not [e for e in views.show_events(cloud.agents["spoke-1"]) if e["kind"] == "sa-ready"]
+
+
+async def test_a_responder_that_hears_nothing_routes_after_the_wait(cloud: Cloud) -> None:
+    """One-way traffic: the initiator may send nothing over the SA. The wait bounds the delay."""
+    from dmvpn.agent import agent as agent_module
+
+    await registered_cloud(cloud)
+    cloud.net.packets_in[(S2_NBMA, S1_NBMA)] = 0
+    hairpin(cloud, "10.1.1.10", "10.1.2.10")
+    hairpin(cloud, "10.1.2.10", "10.1.1.10")
+    await wait_for(lambda: S1_NBMA in cloud.agents["spoke-2"].sa_up_peers)
+    await wait_for(
+        lambda: Route(S1_LAN, via=S1_TUNNEL) in cloud.dataplanes["spoke-2"].routes,
+        limit=agent_module.PEER_READY_WAIT_S + 2,
+    )
+    ready = [e["text"] for e in views.show_events(cloud.agents["spoke-2"]) if e["kind"] == "sa-ready"]
+    assert ready == [f"{S1_NBMA}: routing over the SA it initiated (nothing came in within 1 s)"]
+
+
 async def test_only_an_nhs_answering_for_the_destination_makes_the_requester_initiate_at_once(cloud: Cloud) -> None:
     """An NHS answered itself: the destination never saw our request, nobody else brings the SA up. The
     responder's own reply, straight or relayed through an NHS, follows the tie-break (AUTO), and so does an

@@ -131,6 +131,26 @@ async def test_removing_a_peer_whose_connection_someone_else_unloaded_still_work
         assert set(charon.conns) == {"dmvpn"} and charon.sas_to(str(LOW)) == []
 
 
+async def test_an_sa_we_only_answered_is_told_apart_and_its_packets_in_are_read(
+    charon: FakeCharon, socket_path: Path
+) -> None:
+    """The agent holds its routes over an SA the peer initiated until a packet came in over it: the manager
+    tells such SAs apart from its events and reads the GRE CHILD_SA's inbound packet counter."""
+    async with manager(socket_path) as ipsec:
+        stream = ipsec.events()
+        charon.peer_initiates(str(LOW))
+        assert await next_event(stream) == (LOW, True, "child-updown")
+        assert ipsec.answered_only(LOW)
+        assert await ipsec.packets_in(LOW) == 10  # the fake charon's counter
+        assert await ipsec.ensure_peer(HIGH) is PeerAction.INITIATED
+        assert await next_event(stream) == (HIGH, True, "child-updown")
+        assert not ipsec.answered_only(HIGH), "we initiated that one"
+        assert (
+            not ipsec.answered_only(IPv4Address("192.0.2.99"))
+            and await ipsec.packets_in(IPv4Address("192.0.2.99")) == 0
+        )
+
+
 async def test_lower_address_initiates_and_the_sa_up_event_arrives(charon: FakeCharon, socket_path: Path) -> None:
     async with manager(socket_path) as ipsec:
         stream = ipsec.events()

@@ -29,7 +29,7 @@ from dmvpn.agent import plan
 from dmvpn.agent.config import NodeConfig
 from dmvpn.agent.ports import DataplanePort, IpsecPort
 from dmvpn.dataplane import DataplaneError, HairpinEvent, Neighbour, Route, Solicitation
-from dmvpn.ipsec.types import GuardCounters, IkeSaInfo, InitiatePolicy, SaEvent
+from dmvpn.ipsec.types import GuardCounters, IkeSaInfo, InitiatePolicy, IpsecError, SaEvent
 from dmvpn.nhrp.cache import ChangeKind, EntryType
 from dmvpn.nhrp.codec import Address, PacketType, TrafficIndication, decode, ip_addresses
 from dmvpn.nhrp.codec.errors import NHRPDecodeError
@@ -53,6 +53,10 @@ PENDING_SEND_TTL = 10.0  # seconds an NHRP packet may wait for its peer's SA bef
 PENDING_SEND_MAX = 16  # per peer
 HELD_RESEND_AFTER_S = (0.1, 0.3)  # a packet that waited for a spoke's SA is sent again at these delays
 HUB_SA_WAIT = 5.0  # seconds a starting spoke waits for its hubs' SAs before registering anyway
+# A spoke-to-spoke SA we only answered carries our routes once a packet came in over it (the initiator can
+# decrypt by then), looked for at this interval, or after the wait at the latest (the peer may send nothing).
+PEER_READY_POLL_S = 0.02
+PEER_READY_WAIT_S = 1.0
 EVENTS_KEPT = 500
 FULL_RECONCILE_EVERY = 60.0  # seconds without a change before a full pass checks the kernel's tables
 _TYPE_OFFSET = 17
@@ -175,6 +179,7 @@ class Agent:
         self._renewing: set[Address] = set()  # destinations asked again before their shortcut expires
         self._usage: dict[IPv4Address, PeerUsage] = {}
         self._sa_up: set[IPv4Address] = set()
+        self._peer_not_ready: set[IPv4Address] = set()  # SA up, but the initiator may not decrypt yet
         # time.monotonic() (real time, whatever clock the engine runs on) of the last resolution packet or hairpin
         self._resolution_traffic_at = -math.inf
         self._tasks: list[asyncio.Task[None]] = []
@@ -545,6 +550,7 @@ class Agent:
         if up:
             self._sa_up.add(nbma)
             self.event("sa-up", f"{nbma} ({reason})")
+            self._hold_routes_until_peer_ready(nbma)
             self._flush_held(nbma)
             if not self.config.is_hub and self.config.hub_by_nbma(nbma) is None:
                 # A reply to our pending resolutions may have waited for this SA (or died with a crossed
@@ -552,8 +558,41 @@ class Agent:
                 self._carry_out(self.engine.retransmit_resolutions(self.clock()))
         else:
             self._sa_up.discard(nbma)
+            self._peer_not_ready.discard(nbma)
             self.event("sa-down", f"{nbma} ({reason})")
         self._dirty.set()
+
+    def _hold_routes_until_peer_ready(self, nbma: IPv4Address) -> None:
+        """A new SA to another spoke that the peer initiated: charon installed our end before it sent the
+        last IKE_AUTH message, and the initiator installs its inbound SA only when that message arrives, so
+        what we route over the SA at once can reach the peer before it can decrypt it (a lost packet in the
+        switch). Our routes through the peer wait for a first packet from it over the SA. Not on a hub
+        (spokes initiate to it and register over the SA), not for a hub, and not for a peer our routes
+        already use (a restarted agent adopting its shortcuts)."""
+        if self.ipsec is None or self.config.is_hub or self.config.hub_by_nbma(nbma) is not None:
+            return
+        if not self.ipsec.answered_only(nbma) or any(n.nbma == nbma for n in self.installed.neighbours):
+            return
+        self._peer_not_ready.add(nbma)
+        self._spawn(self._route_when_peer_ready(nbma))
+
+    async def _route_when_peer_ready(self, nbma: IPv4Address) -> None:
+        assert self.ipsec is not None
+        deadline = time.monotonic() + PEER_READY_WAIT_S
+        heard = False
+        while nbma in self._peer_not_ready and time.monotonic() < deadline:
+            try:
+                heard = await self.ipsec.packets_in(nbma) > 0
+            except IpsecError as error:  # charon busy or gone: the wait bounds the delay
+                log.debug("could not read the SA counters of %s: %s", nbma, error)
+            if heard:
+                break
+            await asyncio.sleep(PEER_READY_POLL_S)
+        if nbma in self._peer_not_ready:
+            self._peer_not_ready.discard(nbma)
+            why = "a packet came in over it" if heard else f"nothing came in within {PEER_READY_WAIT_S:.0f} s"
+            self.event("sa-ready", f"{nbma}: routing over the SA it initiated ({why})")
+            self._dirty.set()
 
     def _flush_held(self, nbma: IPv4Address) -> None:
         held = self._held.pop(nbma, None)
@@ -696,7 +735,7 @@ class Agent:
             deadline = self.engine.next_deadline()
 
     def desired(self) -> plan.Desired:
-        sa_up = self._sa_up if self.ipsec is not None else set()
+        sa_up = self._sa_up - self._peer_not_ready if self.ipsec is not None else set()
         nhs_up = {nhs.nbma for nhs in self.engine.nhs if nhs.up and isinstance(nhs.nbma, IPv4Address)}
         return plan.desired(self.config, self.engine.cache, nhs_up, sa_up, self.clock())
 

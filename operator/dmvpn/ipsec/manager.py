@@ -26,6 +26,7 @@ from dmvpn.ipsec.render import (
 from dmvpn.ipsec.state import SaTable, Transition
 from dmvpn.ipsec.tiebreak import DEFAULT_FALLBACK_S, keep_duplicate, we_initiate
 from dmvpn.ipsec.types import (
+    CHILD_NAME,
     PEER_CONN_PREFIX,
     PSK_ID,
     RESPONDER_CONN,
@@ -305,6 +306,22 @@ class IpsecManager:
     def sa_up(self, nbma: IPv4Address) -> bool:
         """True if a CHILD_SA to ``nbma`` is installed (from events, no round trip to charon)."""
         return self._table.up(nbma)
+
+    def answered_only(self, nbma: IPv4Address) -> bool:
+        """True if every installed IKE_SA to ``nbma`` is one the peer initiated and we answered (from events,
+        no round trip to charon). Such a responder installs its CHILD_SA before its last IKE_AUTH message
+        leaves, so for a moment the peer cannot yet decrypt what we send over it."""
+        ikes = self._table.ikes_of(nbma)
+        return bool(ikes) and not any(ike.initiator for ike in ikes)
+
+    async def packets_in(self, nbma: IPv4Address) -> int:
+        """Packets received over the installed GRE CHILD_SAs to ``nbma`` (charon's counters)."""
+        return sum(
+            child.packets_in
+            for ike in await self._sas_to(nbma)
+            for child in ike.children
+            if child.name == CHILD_NAME and child.state == "INSTALLED"
+        )
 
     def up_peers(self) -> frozenset[IPv4Address]:
         """Every peer with an installed CHILD_SA, ensured or not (peers may initiate to us)."""
