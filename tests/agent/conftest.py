@@ -179,6 +179,7 @@ class FakeIpsec:
         # charon outlives an agent restart: SAs it holds are up from the start
         self.up = {peer for pair in net.sas if me in pair for peer in pair if peer != me}
         self.verifications = 0
+        self.counter_reads = 0  # packets_in calls (the responder's poll of charon)
 
     async def start(self) -> None:
         pass
@@ -223,6 +224,7 @@ class FakeIpsec:
         return nbma in self.up and self.net.initiators.get(pair, self.me) != self.me
 
     async def packets_in(self, nbma: IPv4Address) -> int:
+        self.counter_reads += 1
         return self.net.packets_in.get((self.me, nbma), 1)
 
     def events(self) -> FakeStream:

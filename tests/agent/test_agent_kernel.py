@@ -50,6 +50,12 @@ def test_phase3_ipsec_shortcut_without_loss_then_restart(lab: Lab) -> None:
     # both directions: spoke2's replies hairpinned too, so spoke2 built its own shortcut to spoke1
     reverse = agents.wait_shortcut("spoke2", timeout_s=20)
     assert reverse["tunnel"] == str(spoke1.tunnel_ip)
+    # spoke1 (the lower address) initiated; spoke2 routed into the SA once the data plane logged spoke1's
+    # first packet over it (nftables -> NFLOG), not at the end of its bounded wait
+    events = [(e["kind"], e["text"]) for e in agents.agents["spoke2"].request("show events")]
+    ready = [text for kind, text in events if kind == "sa-ready"]
+    assert ready and all("came in" in text and "nothing" not in text for text in ready), events[-20:]
+    assert agents.agents["spoke2"].request("show counters")["agent"]["sa_first_packets"] >= 1
 
     capture.terminate()
     out, _ = capture.communicate(timeout=30)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -54,9 +55,11 @@ PENDING_SEND_MAX = 16  # per peer
 HELD_RESEND_AFTER_S = (0.1, 0.3)  # a packet that waited for a spoke's SA is sent again at these delays
 HUB_SA_WAIT = 5.0  # seconds a starting spoke waits for its hubs' SAs before registering anyway
 # A spoke-to-spoke SA we only answered carries our routes once a packet came in over it (the initiator can
-# decrypt by then), looked for at this interval, or after the wait at the latest (the peer may send nothing).
+# decrypt by then), or after the wait at the latest (the peer may send nothing). The data plane logs that
+# packet (NFLOG); without that listener the agent reads the SA's counters from charon at this interval.
 PEER_READY_POLL_S = 0.02
 PEER_READY_WAIT_S = 1.0
+EARLY_ARRIVALS_KEPT = 256  # first packets logged before charon's SA-up event for their peer reached us
 EVENTS_KEPT = 500
 FULL_RECONCILE_EVERY = 60.0  # seconds without a change before a full pass checks the kernel's tables
 _TYPE_OFFSET = 17
@@ -133,6 +136,7 @@ class Agent:
         *,
         hairpin: Callable[[], Any] | None = None,
         solicitations: Callable[[], Any] | None = None,
+        arrivals: Callable[[], Any] | None = None,
         install_guard: Callable[[], Any] | None = None,
         guard_counters: Callable[[], Awaitable[GuardCounters | None]] | None = None,
         install_usage: Callable[[], Awaitable[Any]] | None = None,
@@ -148,6 +152,7 @@ class Agent:
         self._transport_factory = transport_factory
         self._hairpin_source = hairpin
         self._solicitation_source = solicitations
+        self._arrivals_source = arrivals
         self._install_guard = install_guard
         self._guard_counters = guard_counters
         self.guard: GuardCounters | None = None  # last sample: clear GRE dropped by the IPsec guard
@@ -179,10 +184,14 @@ class Agent:
         self._renewing: set[Address] = set()  # destinations asked again before their shortcut expires
         self._usage: dict[IPv4Address, PeerUsage] = {}
         self._sa_up: set[IPv4Address] = set()
-        self._peer_not_ready: set[IPv4Address] = set()  # SA up, but the initiator may not decrypt yet
+        # SA up, but the initiator may not decrypt yet: peer -> the id of the wait that holds its routes
+        self._peer_not_ready: dict[IPv4Address, int] = {}
+        self._waits = itertools.count(1)
+        self._early_arrivals: dict[IPv4Address, float] = {}  # first packet over a new SA, before its SA-up
+        self._listening: set[str] = set()  # kernel event sources that are up ("hairpin", "arrivals", ...)
         # time.monotonic() (real time, whatever clock the engine runs on) of the last resolution packet or hairpin
         self._resolution_traffic_at = -math.inf
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def sas(self) -> list[IkeSaInfo]:
@@ -231,6 +240,8 @@ class Agent:
         if self.ipsec is not None:
             if self._install_guard is not None:
                 await self._install_or_retry("guard", "ipsec guard", self._install_guard)
+            if self._arrivals_source is not None:  # before any SA comes up
+                self._spawn(self._arrivals_loop())
             await self.ipsec.start()
             self._spawn(self._sa_event_loop())
             for hub in config.hubs:
@@ -279,9 +290,10 @@ class Agent:
             return
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
@@ -308,7 +320,18 @@ class Agent:
         return failed
 
     def _spawn(self, coro: Any) -> None:
-        self._tasks.append(asyncio.get_running_loop().create_task(coro))
+        """Run ``coro`` in the background; the agent keeps a task only while it runs (an agent that runs for
+        months starts thousands of short ones: IKE initiations, SA removals, waits)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        self.stats.last_error = f"background task: {error!r}"
+        log.error("background task failed", exc_info=error)
 
     def _adopt(self, neighbours: tuple[Neighbour, ...], routes: tuple[Route, ...], now: float) -> None:
         """Rebuild bindings a previous agent left in the kernel, so the first reconcile keeps them."""
@@ -558,7 +581,8 @@ class Agent:
                 self._carry_out(self.engine.retransmit_resolutions(self.clock()))
         else:
             self._sa_up.discard(nbma)
-            self._peer_not_ready.discard(nbma)
+            self._peer_not_ready.pop(nbma, None)
+            self._early_arrivals.pop(nbma, None)
             self.event("sa-down", f"{nbma} ({reason})")
         self._dirty.set()
 
@@ -569,18 +593,29 @@ class Agent:
         switch). Our routes through the peer wait for a first packet from it over the SA. Not on a hub
         (spokes initiate to it and register over the SA), not for a hub, and not for a peer our routes
         already use (a restarted agent adopting its shortcuts)."""
+        arrived_at = self._early_arrivals.pop(nbma, None)
         if self.ipsec is None or self.config.is_hub or self.config.hub_by_nbma(nbma) is not None:
             return
         if not self.ipsec.answered_only(nbma) or any(n.nbma == nbma for n in self.installed.neighbours):
             return
-        self._peer_not_ready.add(nbma)
-        self._spawn(self._route_when_peer_ready(nbma))
+        if arrived_at is not None and time.monotonic() - arrived_at <= PEER_READY_WAIT_S:
+            self.event("sa-ready", f"{nbma}: routing over the SA it initiated (a packet came in before its SA-up)")
+            return
+        wait = next(self._waits)
+        self._peer_not_ready[nbma] = wait
+        self._spawn(self._route_when_peer_ready(nbma, wait))
 
-    async def _route_when_peer_ready(self, nbma: IPv4Address) -> None:
+    async def _route_when_peer_ready(self, nbma: IPv4Address, wait: int) -> None:
+        """End the wait ``wait`` for ``nbma`` after :data:`PEER_READY_WAIT_S` unless a packet ended it first:
+        the data plane's log of the first packet over the SA (:meth:`on_arrival`) or, when that listener is
+        not up, charon's inbound counter of the SA, read every :data:`PEER_READY_POLL_S`."""
         assert self.ipsec is not None
         deadline = time.monotonic() + PEER_READY_WAIT_S
         heard = False
-        while nbma in self._peer_not_ready and time.monotonic() < deadline:
+        while self._peer_not_ready.get(nbma) == wait and (left := deadline - time.monotonic()) > 0:
+            if "arrivals" in self._listening:
+                await asyncio.sleep(min(left, PEER_READY_WAIT_S))
+                continue
             try:
                 heard = await self.ipsec.packets_in(nbma) > 0
             except IpsecError as error:  # charon busy or gone: the wait bounds the delay
@@ -588,11 +623,29 @@ class Agent:
             if heard:
                 break
             await asyncio.sleep(PEER_READY_POLL_S)
-        if nbma in self._peer_not_ready:
-            self._peer_not_ready.discard(nbma)
+        if self._peer_not_ready.get(nbma) == wait:
             why = "a packet came in over it" if heard else f"nothing came in within {PEER_READY_WAIT_S:.0f} s"
-            self.event("sa-ready", f"{nbma}: routing over the SA it initiated ({why})")
-            self._dirty.set()
+            self._peer_ready(nbma, why)
+
+    def _peer_ready(self, nbma: IPv4Address, why: str) -> None:
+        del self._peer_not_ready[nbma]
+        self.event("sa-ready", f"{nbma}: routing over the SA it initiated ({why})")
+        self._dirty.set()
+
+    async def _arrivals_loop(self) -> None:
+        assert self._arrivals_source is not None
+        await self._keep_listening("arrivals", self._arrivals_source, self.on_arrival)
+
+    def on_arrival(self, logged: HairpinEvent) -> None:
+        """The data plane logged the first GRE packet from ``logged.src`` under a new inbound SA."""
+        nbma = logged.src
+        self.stats.extra["sa_first_packets"] = self.stats.extra.get("sa_first_packets", 0) + 1
+        if nbma in self._peer_not_ready:
+            self._peer_ready(nbma, "a packet came in over it")
+        elif nbma not in self._sa_up:  # charon's SA-up event is still on its way
+            if len(self._early_arrivals) >= EARLY_ARRIVALS_KEPT:
+                self._early_arrivals.pop(next(iter(self._early_arrivals)))
+            self._early_arrivals[nbma] = time.monotonic()
 
     def _flush_held(self, nbma: IPv4Address) -> None:
         held = self._held.pop(nbma, None)
@@ -735,7 +788,7 @@ class Agent:
             deadline = self.engine.next_deadline()
 
     def desired(self) -> plan.Desired:
-        sa_up = self._sa_up - self._peer_not_ready if self.ipsec is not None else set()
+        sa_up = self._sa_up - self._peer_not_ready.keys() if self.ipsec is not None else set()
         nhs_up = {nhs.nbma for nhs in self.engine.nhs if nhs.up and isinstance(nhs.nbma, IPv4Address)}
         return plan.desired(self.config, self.engine.cache, nhs_up, sa_up, self.clock())
 
@@ -900,7 +953,7 @@ class Agent:
     # --- hub redirect and Phase 2 ----------------------------------------------------------------------
 
     async def _keep_listening(self, what: str, source: Callable[[], Any], handle: Callable[[Any], None]) -> None:
-        """Run a kernel event source (NFLOG hairpin reader, neighbour solicitations) for the agent's life:
+        """Run a kernel event source (NFLOG hairpin or arrivals reader, neighbour solicitations) for the agent's life:
         if setting it up or reading fails (nft too slow on a loaded node's first use), say so and start it
         again, with a growing pause, instead of losing Phase 3 redirects or Phase 2 resolution for good."""
         pause = 1.0
@@ -908,6 +961,7 @@ class Agent:
             try:
                 async with source() as events:
                     self.event(what, "listening")
+                    self._listening.add(what)
                     pause = 1.0
                     async for item in events:
                         handle(item)
@@ -916,6 +970,8 @@ class Agent:
                 self.stats.last_error = f"{what}: {error}"
                 self.stats.extra[f"{what}_restarts"] = self.stats.extra.get(f"{what}_restarts", 0) + 1
                 self.event(f"{what}-failed", f"{error}; again in {pause:.0f} s")
+            finally:
+                self._listening.discard(what)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 30.0)
 

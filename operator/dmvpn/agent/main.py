@@ -21,13 +21,16 @@ from dmvpn.agent.metrics import Metrics, MetricsObserver
 from dmvpn.agent.nodestate import DEFAULT_NODE_STATE, node_state, write_node_state
 from dmvpn.agent.views import COMMANDS
 from dmvpn.dataplane import (
+    ArrivalsConfig,
     Dataplane,
     HairpinConfig,
     NflogReader,
     TunnelConfig,
     UsageConfig,
+    install_arrivals_rule,
     install_hairpin_rule,
     install_usage_counter,
+    remove_arrivals_rule,
     remove_hairpin_rule,
     remove_usage_counter,
     rule_counters,
@@ -43,7 +46,8 @@ log = logging.getLogger("dmvpn.agent")
 
 DEFAULT_VICI = Path("/var/run/charon.vici")
 DEFAULT_SECRETS = Path("/etc/dmvpn/secrets")
-NFLOG_GROUP = 1
+NFLOG_GROUP = 1  # the hub's hairpinned packets
+ARRIVALS_NFLOG_GROUP = 2  # a spoke's first packet under each new SA
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -136,6 +140,19 @@ def build_agent(config: NodeConfig, args: argparse.Namespace, observer: MetricsO
         hairpin = hairpin_reader
         uninstall.append(("hairpin chain", lambda: remove_hairpin_rule(hairpin_config)))
     solicitations = dataplane.solicitations if config.phase == 2 and not config.is_hub else None
+    arrivals: Callable[[], Any] | None = None
+    if config.ipsec.required and not config.is_hub:
+        # A spoke routes over an SA another spoke initiated once that spoke's first packet came in over it.
+        arrivals_config = ArrivalsConfig(local=config.nbma, group=ARRIVALS_NFLOG_GROUP)
+
+        @contextlib.asynccontextmanager
+        async def arrivals_reader() -> Any:
+            await install_arrivals_rule(arrivals_config)
+            async with NflogReader(ARRIVALS_NFLOG_GROUP, copy_range=64) as reader:
+                yield reader
+
+        arrivals = arrivals_reader
+        uninstall.append(("arrivals chain", lambda: remove_arrivals_rule(arrivals_config)))
     guard: Callable[[], Any] | None = None
     counters: Callable[[], Any] | None = None
     if config.ipsec.required:
@@ -170,6 +187,7 @@ def build_agent(config: NodeConfig, args: argparse.Namespace, observer: MetricsO
         transport_factory,
         hairpin=hairpin,
         solicitations=solicitations,
+        arrivals=arrivals,
         install_guard=guard,
         guard_counters=counters,
         install_usage=install_usage,

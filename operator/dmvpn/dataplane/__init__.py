@@ -14,11 +14,13 @@ agent adopts them and foreign entries are never touched. Everything is asyncio (
             async for ask in asks:
                 await dp.set_neighbour(Neighbour(ask.tunnel_ip, await resolve(ask.tunnel_ip)))
 
-Hub redirect (Phase 3): :func:`install_hairpin_rule` and :class:`NflogReader`.
+Hub redirect (Phase 3): :func:`install_hairpin_rule` and :class:`NflogReader`. A spoke's first packet
+under each new SA: :func:`install_arrivals_rule` and the same reader.
 """
 
 from __future__ import annotations
 
+from dmvpn.dataplane.arrivals import install_arrivals_rule, remove_arrivals_rule
 from dmvpn.dataplane.dataplane import Dataplane
 from dmvpn.dataplane.hairpin import install_hairpin_rule, remove_hairpin_rule
 from dmvpn.dataplane.nflog import NflogReader, parse_nflog_packet
@@ -27,6 +29,7 @@ from dmvpn.dataplane.solicit import SolicitationListener
 from dmvpn.dataplane.types import (
     GRE_KEY_FLAG,
     RTPROT_DMVPN,
+    ArrivalsConfig,
     Changes,
     DataplaneError,
     DeviceConflict,
@@ -50,6 +53,7 @@ from dmvpn.dataplane.usage import install_usage_counter, remove_usage_counter, u
 __all__ = [
     "GRE_KEY_FLAG",
     "RTPROT_DMVPN",
+    "ArrivalsConfig",
     "Changes",
     "Counter",
     "Dataplane",
@@ -72,9 +76,11 @@ __all__ = [
     "TunnelReport",
     "UsageConfig",
     "element_counters",
+    "install_arrivals_rule",
     "install_hairpin_rule",
     "install_usage_counter",
     "parse_nflog_packet",
+    "remove_arrivals_rule",
     "remove_hairpin_rule",
     "remove_usage_counter",
     "rule_counters",

@@ -213,6 +213,20 @@ class HairpinConfig:
 
 
 @dataclass(frozen=True)
+class ArrivalsConfig:
+    """The first GRE packet that arrives under each new inbound SA, to NFLOG (:mod:`dmvpn.dataplane.arrivals`)."""
+
+    local: IPv4Address
+    """Our NBMA address: GRE to it is ours."""
+    group: int = 2
+    """NFLOG group (the hub's hairpin chain uses 1; a spoke runs this one)."""
+    table: str = "dmvpn"
+    """nftables table (family inet), shared with the hairpin and usage chains; we only (re)write our own chain."""
+    chain: str = "arrivals"
+    """Our chain; our set is "<chain>_sas"."""
+
+
+@dataclass(frozen=True)
 class UsageConfig:
     """Per-peer traffic counting (:mod:`dmvpn.dataplane.usage`): GRE sent from ``local``, per destination."""
 
