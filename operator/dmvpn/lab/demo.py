@@ -25,7 +25,16 @@ from dmvpn.lab.topology import Lab, Site, hub_and_spokes, ping, static_hub_and_s
 DELAY_MS = 10.0
 PING_INTERVAL = 0.02
 PING_COUNT = 250  # 5 s: the emulated guest needs ~2.5 s for IKE + NHRP; real hardware far less
-SHOWN_EVENTS = {"traffic-indication", "resolution-reply", "ike", "sa-up", "route-added", "registration", "nhs"}
+SHOWN_EVENTS = {
+    "traffic-indication",
+    "resolution-reply",
+    "ike",
+    "sa-up",
+    "sa-ready",
+    "route-added",
+    "registration",
+    "nhs",
+}
 _T0: list[float] = []  # t = 0 of the printed times: the first ping's send time once a reply tells it
 _FIRST_PING = threading.Event()  # set when _T0 holds that send time (until then: when ping was started)
 
