@@ -613,8 +613,8 @@ class Agent:
         deadline = time.monotonic() + PEER_READY_WAIT_S
         heard = False
         while self._peer_not_ready.get(nbma) == wait and (left := deadline - time.monotonic()) > 0:
-            if "arrivals" in self._listening:
-                await asyncio.sleep(min(left, PEER_READY_WAIT_S))
+            if "arrivals" in self._listening:  # on_arrival ends the wait; this only bounds it
+                await asyncio.sleep(left)
                 continue
             try:
                 heard = await self.ipsec.packets_in(nbma) > 0
