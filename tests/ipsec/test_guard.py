@@ -18,7 +18,7 @@ def test_guard_replaces_only_its_own_table_in_one_transaction() -> None:
     assert all("dmvpn_ipsec" in line for line in lines if line.startswith(("add", "delete", "table")))
     assert f"ip protocol gre ip daddr {NBMA} meta secpath missing counter drop" in script
     assert f"ip protocol gre ip saddr {NBMA} rt ipsec missing counter drop" in script
-    assert "hook input" in script and "hook output" in script
+    assert "hook input" in script and "hook postrouting" in script  # not output: trap-queued packets pass
 
 
 def test_guard_without_address_covers_all_gre_and_fingerprints_differ() -> None:

@@ -426,3 +426,53 @@ async def test_own_address_is_refused(charon: FakeCharon, socket_path: Path) -> 
 async def test_start_without_charon_raises(socket_path: Path) -> None:
     with pytest.raises(CharonUnavailable):
         await manager(socket_path).start()
+
+
+def start_action(charon: FakeCharon, peer: IPv4Address) -> bytes:
+    child: dict[str, bytes] = charon.conns[f"dmvpn-peer-{peer}"]["children"]["gre"]
+    return child["start_action"]
+
+
+async def test_trap_loads_a_trap_policy_and_initiates_with_it(charon: FakeCharon, socket_path: Path) -> None:
+    """TRAP: the load-conn (its CHILD_SA with start_action=trap) and the initiate go together, as for ONCE;
+    asked again while the SA comes, nothing new is loaded or initiated (the trap holds the claim)."""
+    async with manager(socket_path) as ipsec:
+        charon.timeline.clear()
+        charon.load_conn_delay_s = 0.2
+        charon.initiate_delay_s = 0.5  # the IKE exchange
+        assert await ipsec.ensure_peer(LOW, InitiatePolicy.TRAP) is PeerAction.TRAPPED
+        assert start_action(charon, LOW) == b"trap" and ipsec.trapped(LOW)
+        order = charon.timeline
+        assert order.index(("recv", "initiate")) < order.index(("end", "load-conn")), order
+        assert order.count(("end", "load-conn")) == 1 and ipsec.initiations == 1
+        charon.timeline.clear()
+        assert await ipsec.ensure_peer(LOW, InitiatePolicy.TRAP) is PeerAction.TRAPPED
+        assert ("recv", "load-conn") not in charon.timeline and ("recv", "initiate") not in charon.timeline
+        assert await ipsec.wait_sa_up(LOW, timeout_s=2.0)
+        assert (await ipsec.apply(verify=True)).loaded_conns == (), "the trap stays as loaded"
+        assert await ipsec.ensure_peer(LOW, InitiatePolicy.TRAP) is PeerAction.ALREADY_UP
+
+
+async def test_a_withdrawn_trap_is_reloaded_without_it_and_initiated(charon: FakeCharon, socket_path: Path) -> None:
+    async with manager(socket_path) as ipsec:
+        assert await ipsec.ensure_peer(HIGH, InitiatePolicy.TRAP) is PeerAction.TRAPPED
+        for uid in charon.sas_to(str(HIGH)):  # the trap's IKE exchange failed
+            charon.drop(uid)
+        ipsec._initiated_at.clear()  # and the claim has run out (the agent withdraws a trap after seconds)
+        assert await ipsec.ensure_peer(HIGH, InitiatePolicy.AUTO) is PeerAction.INITIATED
+        assert start_action(charon, HIGH) == b"none" and not ipsec.trapped(HIGH)
+        assert ipsec.initiations == 2
+        await ipsec.remove_peer(HIGH)
+        assert f"dmvpn-peer-{HIGH}" not in charon.conns
+
+
+async def test_no_trap_beside_an_initiation_or_an_sa(charon: FakeCharon, socket_path: Path) -> None:
+    """A trap next to an IKE_SA under way would make charon start a second one on the acquire: TRAP then
+    does what ONCE would (here: nothing new, the initiation holds the claim; or the SA is up already)."""
+    async with manager(socket_path) as ipsec:
+        assert await ipsec.ensure_peer(LOW, InitiatePolicy.ONCE) is PeerAction.INITIATED
+        assert await ipsec.ensure_peer(LOW, InitiatePolicy.TRAP) is not PeerAction.TRAPPED
+        assert not ipsec.trapped(LOW) and start_action(charon, LOW) == b"none"
+        assert await ipsec.wait_sa_up(LOW, timeout_s=2.0)
+        assert await ipsec.ensure_peer(LOW, InitiatePolicy.TRAP) is PeerAction.ALREADY_UP
+        assert not ipsec.trapped(LOW) and ipsec.initiations == 1

@@ -154,3 +154,11 @@ def test_rendered_messages_are_text_only_and_survive_the_vici_codec(profile: Pro
 def test_initiate_returns_at_once_and_terminate_names_one_ike_sa() -> None:
     assert render_initiate(PEER) == {"ike": "dmvpn-peer-192.0.2.12", "child": "gre", "timeout": "-1"}
     assert render_terminate(42) == {"ike-id": "42", "timeout": "-1"}
+
+
+def test_a_trapped_peer_connection_carries_a_trap_policy_and_only_it() -> None:
+    conns = render_conns(psk_profile(), {IPv4Address("192.0.2.13"), PEER}, trapped={PEER})
+    actions = {name: conn["children"]["gre"]["start_action"] for name, conn in conns.items()}
+    assert actions == {"dmvpn": "none", "dmvpn-peer-192.0.2.13": "none", f"dmvpn-peer-{PEER}": "trap"}
+    with pytest.raises(ValueError, match="trap needs the peer"):
+        render_conn(psk_profile(), None, trap=True)

@@ -6,8 +6,11 @@ the ruleset is read, flushed or deleted. Each rule's comment carries a fingerpri
 so installing the same guard again writes nothing (and keeps the counters).
 
 Why both directions: the input rule is the DMVPN promise (a peer without IKE credentials cannot inject
-GRE, hence neither NHRP nor traffic). The output rule covers the gap of on-demand SAs without trap
-policies: GRE to a peer whose SA is not up yet is dropped instead of leaving in clear.
+GRE, hence neither NHRP nor traffic). The outbound rule covers the gap of on-demand SAs: GRE to a peer
+whose SA is not up yet is dropped instead of leaving in clear. It sits on the postrouting hook, not on
+output: a packet the kernel queues in a trap policy while IKE runs (``xfrm_larval_drop=0``) carries a
+placeholder route without a transform on the output hook, and would be dropped there; it reaches
+postrouting only once it leaves through the SA.
 """
 
 from __future__ import annotations
@@ -42,15 +45,19 @@ def _rule_bodies(local_nbma: IPv4Address | None) -> tuple[str, str]:
     )
 
 
+_OUT_HOOK = "postrouting"
+
+
 def fingerprint(local_nbma: IPv4Address | None) -> str:
-    """Short digest of the guard's configuration, carried in the rule comments."""
-    return hashlib.sha256("\n".join(_rule_bodies(local_nbma)).encode()).hexdigest()[:16]
+    """Short digest of the guard's configuration (rules and the outbound rule's hook), carried in the rule
+    comments: a guard of an older layout is replaced."""
+    return hashlib.sha256("\n".join((*_rule_bodies(local_nbma), _OUT_HOOK)).encode()).hexdigest()[:16]
 
 
 def render_guard(local_nbma: IPv4Address | None = None) -> str:
-    """The nft script that (re)creates our table in one transaction: an input and an output chain with one
-    counted drop rule each. ``local_nbma`` limits both to GRE to/from that address (other GRE users on
-    the node keep working)."""
+    """The nft script that (re)creates our table in one transaction: an input and an outbound chain
+    (postrouting hook) with one counted drop rule each. ``local_nbma`` limits both to GRE to/from that
+    address (other GRE users on the node keep working)."""
     inbound, outbound = _rule_bodies(local_nbma)
     digest = fingerprint(local_nbma)
     table = f"{FAMILY} {GUARD_TABLE}"
@@ -63,7 +70,7 @@ def render_guard(local_nbma: IPv4Address | None = None) -> str:
         f'    {inbound} comment "{_IN_TAG} {digest}"\n'
         "  }\n"
         "  chain output {\n"
-        "    type filter hook output priority filter; policy accept;\n"
+        f"    type filter hook {_OUT_HOOK} priority filter; policy accept;\n"
         f'    {outbound} comment "{_OUT_TAG} {digest}"\n'
         "  }\n"
         "}\n"

@@ -131,6 +131,8 @@ class IpsecManager:
         # Desired peers whose own connection is not loaded yet: they initiate to us (AUTO, the waiting side)
         # and our responder connection accepts them; the keeper loads it before a fallback initiation.
         self._unloaded_waiting: set[IPv4Address] = set()
+        # Peers whose connection carries a trap policy (InitiatePolicy.TRAP): charon starts IKE on the acquire.
+        self._trapped: set[IPv4Address] = set()
         self._initiated_at: dict[IPv4Address, float] = {}  # monotonic time of our last initiation per peer
         self._cmd: ViciConnection | None = None
         # ``list-sas`` has a session of its own, so reading the SAs never waits behind a ``load-conn`` (or
@@ -439,7 +441,7 @@ class IpsecManager:
         return tuple(loaded), tuple(unloaded)
 
     async def _apply_conns(self, session: ViciConnection, verify: bool) -> _Delta:
-        desired = render_conns(self.profile, self._conn_peers())
+        desired = render_conns(self.profile, self._conn_peers(), self._trapped)
         if verify:
             present = {_text(name) for name in (await session.request("get-conns")).get("conns", [])}
         else:
@@ -532,6 +534,12 @@ class IpsecManager:
         The peer stays desired even if this raises CharonUnavailable: it is ensured again on reconnect."""
         if nbma == self.profile.local_nbma:
             raise ValueError(f"{nbma} is our own NBMA address")
+        if policy is InitiatePolicy.TRAP:
+            trapped = await self._trap(nbma)
+            if trapped is not None:
+                return trapped
+            policy = InitiatePolicy.ONCE
+        self._trapped.discard(nbma)
         changed = self._desired.get(nbma) != policy
         self._desired[nbma] = policy
         initiating = we_initiate(self.profile.local_nbma, nbma, policy)
@@ -551,6 +559,44 @@ class IpsecManager:
         if changed or nbma not in self._peer_tasks:
             self._start_keeper(nbma, policy, initiated=action is not PeerAction.WAITING)
         return action
+
+    async def _trap(self, peer: IPv4Address) -> PeerAction | None:
+        """TRAP: load the peer's connection with a trap policy and initiate it, both commands together as
+        ``_load_and_initiate`` sends them; None (nothing done) when the SA is up or another initiation
+        holds the claim, where a trap's acquire could start a second IKE_SA beside that one. When more
+        than the peer's connection must change, ``apply`` loads it with the trap, and the first packet's
+        acquire makes charon initiate."""
+        if self._table.up(peer) or peer in self._unloaded_waiting:
+            return None
+        earlier_claim = self._initiated_at.get(peer)
+        if peer not in self._trapped and not self._claim_initiation(peer):
+            return None
+        self._desired[peer] = InitiatePolicy.TRAP
+        self._trapped.add(peer)
+        try:
+            async with self._apply_lock:
+                load = self._only_this_conn_to_load(peer)
+                if load is not None:
+                    log.info("loading the connection to %s with a trap policy and initiating it", peer)
+                    self.initiations += 1
+                    loaded, initiated = await self._session().pipeline(
+                        [("load-conn", load), ("initiate", render_initiate(peer))]
+                    )
+                    check_response("load-conn", loaded)
+                    self._loaded_conns.update(load)
+                    check_response("initiate", initiated)
+            if load is None:
+                await self.apply(verify=False)
+        except BaseException:
+            self._trapped.discard(peer)
+            self._restore_claim(peer, earlier_claim)
+            raise
+        self._start_keeper(peer, InitiatePolicy.TRAP, initiated=True)
+        return PeerAction.TRAPPED
+
+    def trapped(self, nbma: IPv4Address) -> bool:
+        """True while ``nbma``'s connection carries a trap policy (InitiatePolicy.TRAP)."""
+        return nbma in self._trapped
 
     async def _load_and_initiate(self, peer: IPv4Address) -> bool:
         """ONCE's usual case, a new shortcut: the peer's connection is all charon lacks. Send its
@@ -583,7 +629,7 @@ class IpsecManager:
         if self._loaded_shared != render_shared(self.profile):
             return None
         name = peer_conn_name(peer)
-        desired = render_conns(self.profile, self._conn_peers())
+        desired = render_conns(self.profile, self._conn_peers(), self._trapped)
         if name not in desired or self._loaded_conns.get(name) == desired[name]:
             return None  # nothing to load: apply's one answer from charon is as fast
         wanted = desired.pop(name)
@@ -635,6 +681,7 @@ class IpsecManager:
         """Forget the peer: terminate its IKE_SAs (and CHILD_SAs) and unload its connection. Idempotent."""
         self._desired.pop(nbma, None)
         self._unloaded_waiting.discard(nbma)
+        self._trapped.discard(nbma)
         task = self._peer_tasks.pop(nbma, None)
         if task is not None:
             task.cancel()

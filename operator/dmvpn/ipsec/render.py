@@ -29,8 +29,9 @@ ViciDict = dict[str, Any]
 REPLAY_WINDOW = 1024
 
 
-def render_child(profile: ProtectionProfile) -> ViciDict:
-    """The CHILD_SA: ESP in transport mode protecting GRE between the two NBMA addresses only."""
+def render_child(profile: ProtectionProfile, *, trap: bool = False) -> ViciDict:
+    """The CHILD_SA: ESP in transport mode protecting GRE between the two NBMA addresses only. ``trap``:
+    charon installs its policy at once and starts IKE on the kernel's acquire (InitiatePolicy.TRAP)."""
     return {
         "mode": "transport",
         "local_ts": ["dynamic[gre]"],
@@ -40,7 +41,7 @@ def render_child(profile: ProtectionProfile) -> ViciDict:
         "replay_window": str(REPLAY_WINDOW),
         # DPD failure: drop the SA and let the manager decide (re-initiate hubs, report shortcuts down).
         "dpd_action": "clear",
-        "start_action": "none",
+        "start_action": "trap" if trap else "none",
         "close_action": "none",
     }
 
@@ -62,8 +63,11 @@ def unique_policy(profile: ProtectionProfile) -> str:
     return "replace" if profile.role == "hub" else "no"
 
 
-def render_conn(profile: ProtectionProfile, remote: IPv4Address | None) -> ViciDict:
-    """One IKEv2 connection from our NBMA address to ``remote`` (None: any peer, responder only)."""
+def render_conn(profile: ProtectionProfile, remote: IPv4Address | None, *, trap: bool = False) -> ViciDict:
+    """One IKEv2 connection from our NBMA address to ``remote`` (None: any peer, responder only); ``trap``
+    as in :func:`render_child` (only with a ``remote``)."""
+    if trap and remote is None:
+        raise ValueError("a trap needs the peer's address: the responder connection has none")
     local_auth, remote_auth = _auth_rounds(profile)
     conn: ViciDict = {
         "version": "2",
@@ -81,17 +85,22 @@ def render_conn(profile: ProtectionProfile, remote: IPv4Address | None) -> ViciD
         "keyingtries": "1",
         "local": local_auth,
         "remote": remote_auth,
-        "children": {CHILD_NAME: render_child(profile)},
+        "children": {CHILD_NAME: render_child(profile, trap=trap)},
     }
     return conn
 
 
-def render_conns(profile: ProtectionProfile, peers: frozenset[IPv4Address] | set[IPv4Address]) -> dict[str, ViciDict]:
+def render_conns(
+    profile: ProtectionProfile,
+    peers: frozenset[IPv4Address] | set[IPv4Address],
+    trapped: frozenset[IPv4Address] | set[IPv4Address] = frozenset(),
+) -> dict[str, ViciDict]:
     """Every connection we want loaded: the responder (``dmvpn``) and one per ensured peer (spokes
-    initiate to hubs and to each other; a hub may initiate to another hub)."""
+    initiate to hubs and to each other; a hub may initiate to another hub); those of ``trapped`` peers
+    carry a trap policy."""
     conns = {RESPONDER_CONN: render_conn(profile, None)}
     for peer in sorted(peers):
-        conns[peer_conn_name(peer)] = render_conn(profile, peer)
+        conns[peer_conn_name(peer)] = render_conn(profile, peer, trap=peer in trapped)
     return conns
 
 

@@ -19,7 +19,7 @@ DEFAULT_FALLBACK_S = 5.0
 
 def we_initiate(local_nbma: IPv4Address, peer_nbma: IPv4Address, policy: InitiatePolicy) -> bool:
     """True if this endpoint initiates the SA to ``peer_nbma`` now (AUTO: the lower NBMA address does)."""
-    if policy in (InitiatePolicy.ALWAYS, InitiatePolicy.ONCE):
+    if policy in (InitiatePolicy.ALWAYS, InitiatePolicy.ONCE, InitiatePolicy.TRAP):
         return True
     if policy is InitiatePolicy.NEVER:
         return False

@@ -117,6 +117,15 @@ class InitiatePolicy(enum.Enum):
     re-made (new traffic resolves, and asks, again). Nothing of the peer's can be under way, so
     charon's SA list is not read first; our own concurrent asks share one initiation claim, which an
     agent restart in the middle of an IKE exchange loses."""
+    TRAP = "trap"
+    """ONCE's case with traffic waiting (the lower end told the other's address by the hub): the peer's
+    connection is loaded with a trap policy and initiated (both commands together), so the caller may
+    route into it at once. The kernel queues what it routes there (``xfrm_larval_drop=0``) until charon's
+    CHILD_SA takes the trap's place, and the queue leaves through it, with nothing crossing the hub while
+    IKE runs. The acquire those packets raise finds the IKE_SA under way and adds nothing to it (the
+    kernel lab checks that one CHILD_SA results). Like ONCE, the SA is never brought back once it goes
+    down. Granted only while nothing else is initiating to the peer (``PeerAction.TRAPPED``); otherwise
+    the call does what ONCE would."""
     NEVER = "never"
     """Only accept the peer's SA (the per-peer connection is loaded, nothing is initiated)."""
 
@@ -130,6 +139,8 @@ class PeerAction(enum.Enum):
     """An IKE_SA to the peer is being set up already (ours or the peer's): nothing new was initiated."""
     WAITING = "waiting"
     """The peer initiates (tie-break); a fallback initiation is scheduled."""
+    TRAPPED = "trapped"
+    """TRAP: charon holds a trap policy for the peer and is initiating the SA; route into it at once."""
 
 
 @dataclass(frozen=True)
