@@ -180,6 +180,9 @@ class FakeIpsec:
         self.up = {peer for pair in net.sas if me in pair for peer in pair if peer != me}
         self.verifications = 0
         self.counter_reads = 0  # packets_in calls (the responder's poll of charon)
+        # TRAP: the kernel's acquire (traffic into the trap) starts IKE this long after the trap; None: no
+        # traffic ever comes, so no SA either
+        self.acquire_after: float | None = None
 
     async def start(self) -> None:
         pass
@@ -194,6 +197,10 @@ class FakeIpsec:
         self.ensured.append((nbma, policy))
         if nbma in self.up:
             return PeerAction.ALREADY_UP
+        if policy is InitiatePolicy.TRAP:
+            if self.acquire_after is not None:
+                asyncio.get_running_loop().call_later(self.acquire_after, self.net.establish, self.me, nbma)
+            return PeerAction.TRAPPED
         asyncio.get_running_loop().call_later(SA_DELAY, self.net.establish, self.me, nbma)
         return PeerAction.INITIATED
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -56,6 +57,19 @@ def test_phase3_ipsec_shortcut_without_loss_then_restart(lab: Lab) -> None:
     ready = [text for kind, text in events if kind == "sa-ready"]
     assert ready and all("came in" in text and "nothing" not in text for text in ready), events[-20:]
     assert agents.agents["spoke2"].request("show counters")["agent"]["sa_first_packets"] >= 1
+    # spoke1 routed into a trap policy as the hub's answer came, before its SA was up: the kernel held the
+    # pings meanwhile (none lost above) and its acquire made charon initiate
+    s1_events = [(e["kind"], e["text"]) for e in agents.agents["spoke1"].request("show events")]
+    trapped = first_event(s1_events, "ike", lambda text: text.startswith(f"trapped towards {spoke2.nbma} "))
+    routed = first_event(s1_events, "route-added", lambda text: text.endswith(f" via {spoke2.tunnel_ip}"))
+    sa_up = first_event(s1_events, "sa-up", lambda text: text.startswith(f"{spoke2.nbma} "))
+    assert trapped < routed < sa_up, s1_events[-25:]
+    # ... and charon made one CHILD_SA with spoke2 (an inbound and an outbound state), not a second one from
+    # the trap's acquire, which the kernel sends while the IKE_SA started with the trap is still connecting
+    time.sleep(2.0)
+    states = spoke1.ns.run("ip", "-o", "xfrm", "state", "list", "proto", "esp")
+    with_spoke2 = [line for line in states.splitlines() if str(spoke2.nbma) in line]
+    assert len(with_spoke2) == 2, states
 
     capture.terminate()
     out, _ = capture.communicate(timeout=30)
@@ -78,3 +92,10 @@ def test_phase3_ipsec_shortcut_without_loss_then_restart(lab: Lab) -> None:
     counters = agents.agents["spoke1"].request("show counters")
     assert counters["agent"]["adopted_entries"] >= 1
     print(f"\n[lab] spoke1 after restart:\n{agents.agents['spoke1'].request('show dmvpn')}")
+
+
+def first_event(events: list[tuple[str, str]], kind: str, matches: Callable[[str], bool]) -> int:
+    """Index of the first event of ``kind`` whose text ``matches``."""
+    found = [index for index, (event_kind, text) in enumerate(events) if event_kind == kind and matches(text)]
+    assert found, f"no matching {kind} event: {events[-25:]}"
+    return found[0]

@@ -30,7 +30,7 @@ from dmvpn.agent import plan
 from dmvpn.agent.config import NodeConfig
 from dmvpn.agent.ports import DataplanePort, IpsecPort
 from dmvpn.dataplane import DataplaneError, HairpinEvent, Neighbour, Route, Solicitation
-from dmvpn.ipsec.types import GuardCounters, IkeSaInfo, InitiatePolicy, IpsecError, SaEvent
+from dmvpn.ipsec.types import GuardCounters, IkeSaInfo, InitiatePolicy, IpsecError, PeerAction, SaEvent
 from dmvpn.nhrp.cache import ChangeKind, EntryType
 from dmvpn.nhrp.codec import Address, PacketType, TrafficIndication, decode, ip_addresses
 from dmvpn.nhrp.codec.errors import NHRPDecodeError
@@ -59,6 +59,9 @@ HUB_SA_WAIT = 5.0  # seconds a starting spoke waits for its hubs' SAs before reg
 # packet (NFLOG); without that listener the agent reads the SA's counters from charon at this interval.
 PEER_READY_POLL_S = 0.02
 PEER_READY_WAIT_S = 1.0
+# Seconds a shortcut routed into a trap policy waits for its SA before its routes are withdrawn (traffic back
+# through the hub) and the SA is initiated instead: the trap's acquire never came (no traffic), or IKE failed.
+TRAP_WAIT_S = 3.0
 EARLY_ARRIVALS_KEPT = 256  # first packets logged before charon's SA-up event for their peer reached us
 EVENTS_KEPT = 500
 FULL_RECONCILE_EVERY = 60.0  # seconds without a change before a full pass checks the kernel's tables
@@ -188,6 +191,11 @@ class Agent:
         self._peer_not_ready: dict[IPv4Address, int] = {}
         self._waits = itertools.count(1)
         self._early_arrivals: dict[IPv4Address, float] = {}  # first packet over a new SA, before its SA-up
+        # Shortcut peers routed into a trap policy (InitiatePolicy.TRAP) until their SA is up: peer -> wait id
+        self._trapped: dict[IPv4Address, int] = {}
+        # Traps need the guard's drop rule where queued packets do not meet it, and xfrm_larval_drop=0: both
+        # come with the guard (install_guard). Without it a trap would lose the packets it should queue.
+        self._traps_allowed = False
         self._listening: set[str] = set()  # kernel event sources that are up ("hairpin", "arrivals", ...)
         # time.monotonic() (real time, whatever clock the engine runs on) of the last resolution packet or hairpin
         self._resolution_traffic_at = -math.inf
@@ -239,7 +247,7 @@ class Agent:
             await self._install_or_retry("usage", "traffic counter", self._install_usage)
         if self.ipsec is not None:
             if self._install_guard is not None:
-                await self._install_or_retry("guard", "ipsec guard", self._install_guard)
+                await self._install_or_retry("guard", "ipsec guard", self._install_guard_allowing_traps)
             if self._arrivals_source is not None:  # before any SA comes up
                 self._spawn(self._arrivals_loop())
             await self.ipsec.start()
@@ -277,6 +285,11 @@ class Agent:
             self.stats.last_error = f"{what}: {error}"
             self.event(f"{kind}-failed", f"{error}; retrying in the background")
         self._spawn(self._retry_install(kind, what, install))
+
+    async def _install_guard_allowing_traps(self) -> None:
+        assert self._install_guard is not None
+        await self._install_guard()
+        self._traps_allowed = True
 
     async def _retry_install(self, kind: str, what: str, install: Callable[[], Awaitable[Any]]) -> None:
         for attempt in range(60):
@@ -491,7 +504,8 @@ class Agent:
         if self.config.is_hub or self.config.hub_by_nbma(nbma) is not None:
             return
         self._usage.pop(nbma, None)
-        if self.ipsec is not None and nbma in self._sa_up:
+        trapped = self._trapped.pop(nbma, None) is not None
+        if self.ipsec is not None and (nbma in self._sa_up or trapped):
             self.event("ike", f"removing the SA to {nbma}: no binding uses it")
             self._sa_changed(nbma, False, "no binding uses it")  # once, however many bindings went together
             self._spawn(self._remove_sa(nbma))
@@ -531,8 +545,11 @@ class Agent:
         it waits) follows that tie-break too: AUTO, the lower address initiates at once, the higher waits."""
         nbma = done.entry.nbma
         if done.indication_from is not None and isinstance(nbma, IPv4Address):
-            return self._responder_policy(nbma)
-        return InitiatePolicy.ONCE if done.nhs_answer else InitiatePolicy.AUTO
+            policy = self._responder_policy(nbma)
+        else:
+            policy = InitiatePolicy.ONCE if done.nhs_answer else InitiatePolicy.AUTO
+        # Traffic to the peer is what made us resolve it: route it into a trap at once instead (see TRAP).
+        return InitiatePolicy.TRAP if policy is InitiatePolicy.ONCE and self._traps_allowed else policy
 
     # --- IPsec -------------------------------------------------------------------------------------
 
@@ -542,8 +559,8 @@ class Agent:
         return peers
 
     async def _ensure_peer(self, nbma: IPv4Address, policy: InitiatePolicy, why: str) -> None:
-        if self.ipsec is None or nbma in self._sa_up:
-            return
+        if self.ipsec is None or nbma in self._sa_up or nbma in self._trapped:
+            return  # a trapped peer's IKE starts with its traffic; asking again would undo the trap
         try:
             action = await self.ipsec.ensure_peer(nbma, policy)
         except Exception as error:
@@ -554,6 +571,28 @@ class Agent:
             self.event("ike", f"{action.value} towards {nbma} ({why})")
         if self.ipsec.sa_up(nbma):
             self._sa_changed(nbma, True, "already up")
+        elif action is PeerAction.TRAPPED and nbma not in self._trapped:
+            self._route_into_trap(nbma)
+
+    def _route_into_trap(self, nbma: IPv4Address) -> None:
+        """Route the shortcut now: charon is initiating, and the kernel queues its packets in the trap until
+        the SA is up (nothing crosses the hub meanwhile). Withdrawn after :data:`TRAP_WAIT_S` without an SA."""
+        wait = next(self._waits)
+        self._trapped[nbma] = wait
+        self._dirty.set()
+        self._spawn(self._withdraw_trap_unless_up(nbma, wait))
+
+    async def _withdraw_trap_unless_up(self, nbma: IPv4Address, wait: int) -> None:
+        await asyncio.sleep(TRAP_WAIT_S)
+        if self._trapped.get(nbma) != wait:
+            return  # the SA came up (or the peer went)
+        del self._trapped[nbma]
+        self.stats.extra["traps_withdrawn"] = self.stats.extra.get("traps_withdrawn", 0) + 1
+        self.event("trap-withdrawn", f"{nbma}: no SA within {TRAP_WAIT_S:g} s; via the hub again, initiating")
+        self._dirty.set()
+        # AUTO, not ONCE: as the lower end we initiate either way, and AUTO first asks charon whether the
+        # trap's own IKE_SA is still under way (a slow exchange), which a second one would only duplicate.
+        await self._ensure_peer(nbma, InitiatePolicy.AUTO, "trap withdrawn")
 
     async def _sa_event_loop(self) -> None:
         assert self.ipsec is not None
@@ -570,6 +609,7 @@ class Agent:
     def _sa_changed(self, nbma: IPv4Address, up: bool, reason: str) -> None:
         if up == (nbma in self._sa_up):
             return
+        self._trapped.pop(nbma, None)
         if up:
             self._sa_up.add(nbma)
             self.event("sa-up", f"{nbma} ({reason})")
@@ -788,7 +828,10 @@ class Agent:
             deadline = self.engine.next_deadline()
 
     def desired(self) -> plan.Desired:
-        sa_up = self._sa_up - self._peer_not_ready.keys() if self.ipsec is not None else set()
+        if self.ipsec is None:
+            sa_up: set[IPv4Address] = set()
+        else:  # a trapped peer is routed before its SA: the kernel holds its packets until then
+            sa_up = (self._sa_up | self._trapped.keys()) - self._peer_not_ready.keys()
         nhs_up = {nhs.nbma for nhs in self.engine.nhs if nhs.up and isinstance(nhs.nbma, IPv4Address)}
         return plan.desired(self.config, self.engine.cache, nhs_up, sa_up, self.clock())
 
@@ -933,6 +976,7 @@ class Agent:
         for entry in removed:
             self.engine.cache.remove(entry.prefix)
         self._usage.pop(nbma, None)
+        self._trapped.pop(nbma, None)
         self.stats.shortcuts_expired += 1
         self.observer.shortcut_expired()
         self.event("shortcut-idle", f"{nbma}: {', '.join(str(e.prefix) for e in removed)} idle, removed")
