@@ -574,18 +574,7 @@ class IpsecManager:
         self._desired[peer] = InitiatePolicy.TRAP
         self._trapped.add(peer)
         try:
-            async with self._apply_lock:
-                load = self._only_this_conn_to_load(peer)
-                if load is not None:
-                    log.info("loading the connection to %s with a trap policy and initiating it", peer)
-                    self.initiations += 1
-                    loaded, initiated = await self._session().pipeline(
-                        [("load-conn", load), ("initiate", render_initiate(peer))]
-                    )
-                    check_response("load-conn", loaded)
-                    self._loaded_conns.update(load)
-                    check_response("initiate", initiated)
-            if load is None:
+            if not await self._load_and_initiate(peer):  # the trap is in the connection it renders
                 await self.apply(verify=False)
         except BaseException:
             self._trapped.discard(peer)
@@ -601,7 +590,8 @@ class IpsecManager:
     async def _load_and_initiate(self, peer: IPv4Address) -> bool:
         """ONCE's usual case, a new shortcut: the peer's connection is all charon lacks. Send its
         ``load-conn`` and the ``initiate`` together (charon handles them in order), so IKE starts one round
-        trip to charon sooner. False, having sent nothing, when more than that must change (``apply``)."""
+        trip to charon sooner (TRAP's case too: its connection carries the trap). False, having sent
+        nothing, when more than that must change (``apply``)."""
         async with self._apply_lock:
             load = self._only_this_conn_to_load(peer)
             if load is None:
