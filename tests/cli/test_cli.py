@@ -104,3 +104,42 @@ def test_unknown_command_is_reported_by_the_server() -> None:
         "error": "unknown command 'show bogus'",
     }
     assert answer(lambda c: ANSWERS[c], b"not json")["ok"] is False
+
+
+def test_a_refused_command_is_a_clear_error(agent_socket: Path) -> None:
+    result = runner.invoke(app, ["show", "events", "--socket", str(agent_socket)])  # not in ANSWERS
+    assert result.exit_code == 1
+    assert "the agent refused 'show events': unknown command 'show events'" in result.output
+
+
+def test_the_client_raises_refused_for_an_error_or_a_non_answer(agent_socket: Path, tmp_path: Path) -> None:
+    from dmvpn.agent.control import AgentRefused, AgentUnreachable, request
+
+    assert request(agent_socket, "show nhrp") == NHRP
+    with pytest.raises(AgentRefused, match="unknown command"):
+        request(agent_socket, "show bogus")
+    with pytest.raises(AgentUnreachable, match="is dmvpn-agent running"):
+        request(tmp_path / "missing.sock", "show nhrp")
+
+
+def test_the_client_raises_refused_for_a_reply_that_is_not_json(tmp_path: Path) -> None:
+    import socket
+
+    from dmvpn.agent.control import AgentRefused, request
+
+    path = tmp_path / "garbage.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+
+        def answer_garbage() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(4096)
+                connection.sendall(b"<html>\n")
+
+        thread = threading.Thread(target=answer_garbage, daemon=True)
+        thread.start()
+        with pytest.raises(AgentRefused, match="no valid answer"):
+            request(path, "show nhrp")
+        thread.join(5)

@@ -1,5 +1,6 @@
 """The local control socket: one JSON request per line (``{"command": "show dmvpn"}``), one JSON answer
-per line (``{"ok": true, "data": ...}`` or ``{"ok": false, "error": "..."}``)."""
+per line (``{"ok": true, "data": ...}`` or ``{"ok": false, "error": "..."}``). Both ends live here: the
+agent's server, and :func:`request`, the client that ``dmvpnctl`` and the test lab use."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = Path("/run/dmvpn/agent.sock")
 MAX_REQUEST = 4096
+REQUEST_TIMEOUT_S = 5.0
 
 Handler = Callable[[str], Any]
 
@@ -74,3 +77,44 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+class AgentUnreachable(RuntimeError):
+    """Nothing answers on the socket (no agent, or it went away mid-answer)."""
+
+
+class AgentRefused(RuntimeError):
+    """The agent answered, but with an error (or with something that is not an answer)."""
+
+
+def request(path: Path, command: str, timeout: float = REQUEST_TIMEOUT_S) -> Any:
+    """Send one command to the agent at ``path`` and return its ``data`` (blocking: for the CLI and tests)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+            buffer = _read_line(sock)
+    except (FileNotFoundError, ConnectionRefusedError) as error:
+        raise AgentUnreachable(f"no agent at {path} ({error.strerror}); is dmvpn-agent running?") from None
+    except OSError as error:
+        raise AgentUnreachable(f"talking to the agent at {path} failed: {error}") from None
+    try:
+        reply = json.loads(buffer)
+    except ValueError:
+        raise AgentRefused(f"the agent at {path} sent no valid answer to {command!r}") from None
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        why = reply.get("error", "unknown error") if isinstance(reply, dict) else "not an answer"
+        raise AgentRefused(f"the agent refused {command!r}: {why}")
+    return reply.get("data")
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    """Up to the answer's newline, or what came before the agent closed the connection."""
+    buffer = b""
+    while not buffer.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buffer += chunk
+    return buffer

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import socket
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,8 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-DEFAULT_SOCKET = Path("/run/dmvpn/agent.sock")
-TIMEOUT_S = 5.0
+from dmvpn.agent.control import DEFAULT_SOCKET, AgentRefused, AgentUnreachable, request
 
 app = typer.Typer(help="Query the kube-dmvpn node agent.", no_args_is_help=True, add_completion=False)
 show_app = typer.Typer(help="Show agent state.", no_args_is_help=True)
@@ -24,40 +22,10 @@ SocketOption = Annotated[Path, typer.Option("--socket", help="the agent's contro
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
-class AgentUnreachable(RuntimeError):
-    pass
-
-
-def request(path: Path, command: str, timeout: float = TIMEOUT_S) -> Any:
-    """Send one command to the agent and return its ``data``; raises AgentUnreachable or RuntimeError."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(path))
-            sock.sendall(json.dumps({"command": command}).encode() + b"\n")
-            buffer = b""
-            while not buffer.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buffer += chunk
-    except (FileNotFoundError, ConnectionRefusedError) as error:
-        raise AgentUnreachable(f"no agent at {path} ({error.strerror}); is dmvpn-agent running?") from None
-    except OSError as error:
-        raise AgentUnreachable(f"talking to the agent at {path} failed: {error}") from None
-    try:
-        reply = json.loads(buffer)
-    except ValueError:
-        raise RuntimeError(f"the agent at {path} sent no valid answer") from None
-    if not reply.get("ok"):
-        raise RuntimeError(str(reply.get("error", "unknown error")))
-    return reply.get("data")
-
-
 def _fetch(path: Path, command: str) -> Any:
     try:
         return request(path, command)
-    except (AgentUnreachable, RuntimeError) as error:
+    except (AgentUnreachable, AgentRefused) as error:
         Console(stderr=True).print(f"[red]dmvpnctl: {error}[/red]")
         raise typer.Exit(1) from None
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dmvpn.agent import control
 from dmvpn.lab.charon import start_charon
 from dmvpn.lab.topology import Lab, LabError, Site
 
@@ -71,7 +70,11 @@ class AgentProcess:
     returncode: int | None = None
 
     def request(self, command: str, timeout: float = 5.0) -> Any:
-        return control_request(self.socket, command, timeout)
+        """The agent's answer to ``command`` on its control socket (dmvpnctl's client); LabError if none."""
+        try:
+            return control.request(self.socket, command, timeout)
+        except (control.AgentUnreachable, control.AgentRefused) as error:
+            raise LabError(f"agent at {self.site.name}: {error}") from None
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -171,7 +174,7 @@ def wait_started(agent: AgentProcess, timeout_s: float = STARTUP_TIMEOUT_S) -> N
             try:
                 if _started_and_listening(agent):
                     return
-            except (OSError, LabError, ValueError):
+            except LabError:
                 pass
         time.sleep(0.2)
     raise LabError(f"agent at {agent.site.name} not started within {timeout_s} s:\n{agent.log_text()[-3000:]}")
@@ -186,23 +189,6 @@ def _started_and_listening(agent: AgentProcess) -> bool:
     view = agent.request("show dmvpn")
     needed = {("hub", 3): "hairpin", ("spoke", 2): "solicitations"}.get((view["role"], view.get("phase")))
     return needed is None or any(e["kind"] == needed and e["text"] == "listening" for e in events)
-
-
-def control_request(path: Path, command: str, timeout: float = 5.0) -> Any:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-        sock.sendall(json.dumps({"command": command}).encode() + b"\n")
-        buffer = b""
-        while not buffer.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            buffer += chunk
-    reply = json.loads(buffer)
-    if not reply.get("ok"):
-        raise LabError(f"agent refused {command!r}: {reply.get('error')}")
-    return reply["data"]
 
 
 class AgentLab:
