@@ -80,11 +80,11 @@ class ControlServer:
 
 
 class AgentUnreachable(RuntimeError):
-    """Nothing answers on the socket (no agent, or it went away mid-answer)."""
+    """Nothing answers on the socket: no agent there, the connection refused, or a socket error or timeout."""
 
 
 class AgentRefused(RuntimeError):
-    """The agent answered, but with an error (or with something that is not an answer)."""
+    """The agent answered with an error, or with something that is not an answer (a reply cut short too)."""
 
 
 def request(path: Path, command: str, timeout: float = REQUEST_TIMEOUT_S) -> Any:
