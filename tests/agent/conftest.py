@@ -180,8 +180,7 @@ class FakeIpsec:
         self.up = {peer for pair in net.sas if me in pair for peer in pair if peer != me}
         self.verifications = 0
         self.counter_reads = 0  # packets_in calls (the responder's poll of charon)
-        # TRAP: the kernel's acquire (traffic into the trap) starts IKE this long after the trap; None: no
-        # traffic ever comes, so no SA either
+        # TRAP: the SA initiated with the trap is up this long after it; None: it never comes (IKE failed)
         self.acquire_after: float | None = None
 
     async def start(self) -> None:

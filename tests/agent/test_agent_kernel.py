@@ -58,7 +58,7 @@ def test_phase3_ipsec_shortcut_without_loss_then_restart(lab: Lab) -> None:
     assert ready and all("came in" in text and "nothing" not in text for text in ready), events[-20:]
     assert agents.agents["spoke2"].request("show counters")["agent"]["sa_first_packets"] >= 1
     # spoke1 routed into a trap policy as the hub's answer came, before its SA was up: the kernel held the
-    # pings meanwhile (none lost above) and its acquire made charon initiate
+    # pings meanwhile (none lost above) while the IKE exchange initiated with the trap ran
     s1_events = [(e["kind"], e["text"]) for e in agents.agents["spoke1"].request("show events")]
     trapped = first_event(s1_events, "ike", lambda text: text.startswith(f"trapped towards {spoke2.nbma} "))
     routed = first_event(s1_events, "route-added", lambda text: text.endswith(f" via {spoke2.tunnel_ip}"))

@@ -60,7 +60,7 @@ HUB_SA_WAIT = 5.0  # seconds a starting spoke waits for its hubs' SAs before reg
 PEER_READY_POLL_S = 0.02
 PEER_READY_WAIT_S = 1.0
 # Seconds a shortcut routed into a trap policy waits for its SA before its routes are withdrawn (traffic back
-# through the hub) and the SA is initiated instead: the trap's acquire never came (no traffic), or IKE failed.
+# through the hub) and the SA is initiated again: the IKE exchange started with the trap failed or stalled.
 TRAP_WAIT_S = 3.0
 EARLY_ARRIVALS_KEPT = 256  # first packets logged before charon's SA-up event for their peer reached us
 EVENTS_KEPT = 500

@@ -131,7 +131,8 @@ class IpsecManager:
         # Desired peers whose own connection is not loaded yet: they initiate to us (AUTO, the waiting side)
         # and our responder connection accepts them; the keeper loads it before a fallback initiation.
         self._unloaded_waiting: set[IPv4Address] = set()
-        # Peers whose connection carries a trap policy (InitiatePolicy.TRAP): charon starts IKE on the acquire.
+        # Peers whose connection carries a trap policy (InitiatePolicy.TRAP): we initiate it as we load it,
+        # and the kernel holds the packets routed into it until the CHILD_SA replaces the trap.
         self._trapped: set[IPv4Address] = set()
         self._initiated_at: dict[IPv4Address, float] = {}  # monotonic time of our last initiation per peer
         self._cmd: ViciConnection | None = None
